@@ -1,0 +1,91 @@
+"""Model formats: detection from content, and a Runner for each.
+
+Each format lives in its own module exposing ``NAME``, ``detect(path) -> bool`` (cheap:
+magic bytes and directory structure, no heavy imports) and ``open(path, options) -> Runner``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from modelport.errors import BadInputError, UnsupportedError
+from modelport.formats.base import BaseRunner, LoadOptions, Runner
+
+__all__ = ["FORMATS", "Runner", "BaseRunner", "LoadOptions", "detect", "module_for", "open_runner", "split_module_spec"]
+
+# Detection order matters: the more specific content checks come first.
+FORMATS: dict[str, str] = {
+    "torch-module": "modelport.formats.torch_module",
+    "torch": "modelport.formats.torch_dir",
+    "torch-export": "modelport.formats.torch_export",
+    "torchscript": "modelport.formats.torchscript",
+    "onnx": "modelport.formats.onnx_format",
+    "keras": "modelport.formats.keras_format",
+    "savedmodel": "modelport.formats.savedmodel",
+    "tflite": "modelport.formats.tflite",
+}
+
+
+def module_for(fmt: str) -> ModuleType:
+    try:
+        return importlib.import_module(FORMATS[fmt])
+    except KeyError:
+        raise UnsupportedError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}") from None
+
+
+def split_module_spec(spec: str) -> tuple[str, str] | None:
+    """`path/file.py:Name` -> (path, Name), else None."""
+    head, sep, name = str(spec).rpartition(":")
+    if sep and head.endswith(".py") and name.isidentifier():
+        return head, name
+    return None
+
+
+def detect(path: str | Path, fmt: str | None = None) -> str:
+    """The format of a model file or directory, from its content."""
+    if fmt:
+        module_for(fmt)
+        return fmt
+    if split_module_spec(str(path)):
+        return "torch-module"
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError("no such file or directory", path=path)
+    for name in FORMATS:
+        if module_for(name).detect(p):
+            return name
+    refuse_pickles(p)
+    if p.is_dir():
+        raise BadInputError(
+            "directory is no model (not a SavedModel, a modelport torch directory or an OpenVINO IR)", path=path
+        )
+    if p.stat().st_size == 0:
+        raise BadInputError("file is empty", path=path)
+    raise UnsupportedError(f"unknown model format (known: {', '.join(FORMATS)})", path=path)
+
+
+def open_runner(path: str | Path, fmt: str | None = None, options: LoadOptions | None = None) -> Runner:
+    """Load a model for running; the caller closes it (it is a context manager)."""
+    name = detect(path, fmt)
+    return module_for(name).open(str(path), options or LoadOptions())
+
+
+def refuse_pickles(p: Path) -> None:
+    """A bare pickle, or a torch.save archive that is no state_dict, is refused unread (exit 4)."""
+    from modelport.errors import UnsafeError
+    from modelport.formats.base import read_head, zip_names
+
+    if not p.is_file():
+        return
+    if read_head(p, 1) == b"\x80":
+        raise UnsafeError("refusing to unpickle a plain pickle file (it could run arbitrary code)", path=p)
+    names = zip_names(p)
+    if names and any(n.endswith("data.pkl") for n in names):
+        from modelport.formats.torch_module import load_state_dict
+
+        load_state_dict(str(p))  # raises UnsafeError unless it is a plain state_dict
+        raise BadInputError(
+            "this is a state_dict, not a model: give the module as path/file.py:Name with --weights", path=p
+        )

@@ -1,0 +1,100 @@
+"""Keras models: `.keras` (Keras 3 zip) and legacy `.h5` (HDF5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modelport.artifact import Signature, TensorSpec
+from modelport.errors import BadInputError
+from modelport.formats.base import BaseRunner, LoadOptions, fill_signature, read_head, require, zip_names
+
+NAME = "keras"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def detect(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if read_head(path, 8) == HDF5_MAGIC:
+        return True
+    names = zip_names(path)
+    return bool(names) and "config.json" in names and any(n.startswith("model.weights") for n in names)
+
+
+def keras_module():
+    require("tensorflow", "tf", "Keras models")
+    import keras
+
+    return keras
+
+
+def load_keras(path: str):
+    keras = keras_module()
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            from modelport.errors import UnsafeError
+
+            raise UnsafeError("refusing to load a Keras Lambda layer (arbitrary code)", path=path) from None
+        raise BadInputError(f"cannot load Keras model ({str(exc).strip().splitlines()[0]})", path=path) from None
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"cannot load Keras model ({msg})", path=path) from None
+
+
+def tf_dtype_name(dtype) -> str:
+    name = getattr(dtype, "name", None) or str(dtype)
+    return np.dtype(name).name if name != "bfloat16" else name
+
+
+def keras_inputs(model) -> tuple[TensorSpec, ...]:
+    specs = []
+    for i, t in enumerate(model.inputs):
+        name = getattr(t, "name", None) or f"input_{i}"
+        name = name.split(":")[0]
+        shape = tuple("batch" if (j == 0 and d is None) else d for j, d in enumerate(t.shape))
+        specs.append(TensorSpec(name, tf_dtype_name(t.dtype), shape))
+    return tuple(specs)
+
+
+def keras_output_names(model) -> list[str]:
+    names = getattr(model, "output_names", None)
+    outs = model.outputs
+    if names and len(names) == len(outs):
+        return [str(n) for n in names]
+    return [f"output_{i}" for i in range(len(outs))]
+
+
+class KerasRunner(BaseRunner):
+    format = NAME
+
+    def __init__(self, path: str, options: LoadOptions) -> None:
+        super().__init__(path)
+        self.model = load_keras(path)
+        if not getattr(self.model, "inputs", None):
+            raise BadInputError("Keras model was never built (it has no inputs)", path=path)
+        inputs = fill_signature(keras_inputs(self.model), options.inputs, path)
+        outputs = tuple(
+            TensorSpec(n, tf_dtype_name(t.dtype), tuple("batch" if (j == 0 and d is None) else d for j, d in enumerate(t.shape)))
+            for n, t in zip(keras_output_names(self.model), self.model.outputs)
+        )
+        self._signature = Signature(inputs, outputs)
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [np.asarray(feeds[s.name]) for s in self._signature.inputs]
+        out = self.model(args if len(args) > 1 else args[0], training=False)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        if isinstance(out, dict):
+            outs = list(out.values())
+        return {s.name: np.asarray(o) for s, o in zip(self._signature.outputs, outs)}
+
+
+def open(path: str, options: LoadOptions) -> KerasRunner:  # noqa: A001
+    return KerasRunner(path, options)

@@ -1,0 +1,67 @@
+"""TensorFlow SavedModel directories, run through their `serving_default` signature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modelport.artifact import Signature, TensorSpec
+from modelport.errors import BadInputError
+from modelport.formats.base import BaseRunner, LoadOptions, fill_signature, require
+
+NAME = "savedmodel"
+
+
+def detect(path: Path) -> bool:
+    return path.is_dir() and ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file())
+
+
+def _spec(name: str, t) -> TensorSpec:
+    shape = None if t.shape.rank is None else tuple("batch" if (i == 0 and d is None) else d for i, d in enumerate(t.shape.as_list()))
+    return TensorSpec(name, t.dtype.name, shape)
+
+
+def load_signature_fn(path: str):
+    tf = require("tensorflow", "tf", "TensorFlow SavedModels")
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"cannot load SavedModel ({msg})", path=path) from None
+    sigs = getattr(loaded, "signatures", {})
+    if "serving_default" not in sigs:
+        raise BadInputError("SavedModel has no serving_default signature", path=path)
+    return loaded, sigs["serving_default"]
+
+
+class SavedModelRunner(BaseRunner):
+    format = NAME
+
+    def __init__(self, path: str, options: LoadOptions) -> None:
+        super().__init__(path)
+        self._loaded, self.fn = load_signature_fn(path)
+        _, kw = self.fn.structured_input_signature
+        order = list(self.fn.function_def.signature.input_arg) if hasattr(self.fn, "function_def") else []
+        names = sorted(kw)
+        inputs = tuple(_spec(n, kw[n]) for n in names)
+        outs = self.fn.structured_outputs
+        out_names = sorted(outs)
+        outputs = tuple(_spec(n, outs[n]) for n in out_names)
+        del order
+        self._signature = Signature(fill_signature(inputs, options.inputs, path), outputs)
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        kwargs = {s.name: tf.constant(np.asarray(feeds[s.name])) for s in self._signature.inputs}
+        out = self.fn(**kwargs)
+        return {s.name: out[s.name].numpy() for s in self._signature.outputs}
+
+
+def open(path: str, options: LoadOptions) -> SavedModelRunner:  # noqa: A001
+    return SavedModelRunner(path, options)

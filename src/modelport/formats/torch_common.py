@@ -1,0 +1,82 @@
+"""Shared by the PyTorch formats: running an nn.Module on dicts of numpy arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelport.artifact import Signature, TensorSpec
+from modelport.errors import BadInputError
+from modelport.formats.base import BaseRunner, require
+
+
+def torch_module():
+    return require("torch", "torch", "PyTorch models")
+
+
+def np_dtype_of(torch_dtype: Any) -> str:
+    torch = torch_module()
+    return str(torch.empty((), dtype=torch_dtype).numpy().dtype) if torch_dtype != torch.bfloat16 else "bfloat16"
+
+
+def flatten_outputs(out: Any) -> list[tuple[str | None, Any]]:
+    """Tensors of a forward's result in order; dict keys (HF ModelOutput too) become names."""
+    torch = torch_module()
+    if isinstance(out, torch.Tensor):
+        return [(None, out)]
+    if isinstance(out, dict) or hasattr(out, "to_tuple") and hasattr(out, "keys"):
+        items: list[tuple[str | None, Any]] = []
+        for key in out.keys():
+            for sub_name, t in flatten_outputs(out[key]):
+                items.append((key if sub_name is None else f"{key}.{sub_name}", t))
+        return items
+    if isinstance(out, (list, tuple)):
+        items = []
+        for i, v in enumerate(out):
+            items.extend(flatten_outputs(v))
+        return items
+    if out is None:
+        return []
+    raise BadInputError(f"model output of type {type(out).__name__} is not a tensor, tuple or dict")
+
+
+class TorchCallableRunner(BaseRunner):
+    """Calls a torch callable with inputs in signature order; outputs flattened to arrays."""
+
+    def __init__(self, path: str, fn: Any, inputs: tuple[TensorSpec, ...], *, device: str = "cpu") -> None:
+        super().__init__(path)
+        self.fn = fn
+        self.device = device
+        self._inputs = inputs
+        self._outputs: tuple[TensorSpec, ...] | None = None
+
+    def _set_outputs(self, outs: list[tuple[str | None, Any]]) -> None:
+        specs = []
+        for i, (name, t) in enumerate(outs):
+            shape = tuple(int(d) for d in t.shape)
+            specs.append(TensorSpec(name or f"output_{i}", np_dtype_of(t.dtype), shape))
+        self._outputs = tuple(specs)
+
+    @property
+    def signature(self) -> Signature:
+        if self._outputs is None:
+            from modelport.verify.inputs import make_inputs
+
+            self.run(make_inputs(self._inputs, seed=0)[0])
+        return Signature(self._inputs, self._outputs or ())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = torch_module()
+        args = []
+        for spec in self._inputs:
+            if spec.name not in feeds:
+                raise BadInputError(f"missing input {spec.name!r}", path=self.path)
+            args.append(torch.from_numpy(np.ascontiguousarray(feeds[spec.name])).to(self.device))
+        with torch.inference_mode():
+            out = self.fn(*args)
+        flat = flatten_outputs(out)
+        if self._outputs is None or len(self._outputs) != len(flat):
+            self._set_outputs(flat)
+        assert self._outputs is not None
+        return {spec.name: t.detach().cpu().numpy() for spec, (_, t) in zip(self._outputs, flat)}

@@ -1,0 +1,60 @@
+"""A directory written by `modelport convert --to torch`: model.py + weights.safetensors + modelport_torch.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modelport.artifact import TensorSpec
+from modelport.errors import BadInputError
+from modelport.formats.base import LoadOptions, fill_signature
+from modelport.formats.torch_common import TorchCallableRunner, torch_module
+
+NAME = "torch"
+META = "modelport_torch.json"
+
+
+def detect(path: Path) -> bool:
+    return path.is_dir() and (path / "model.py").is_file() and (path / META).is_file()
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        return json.loads((path / META).read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"unreadable {META} ({exc})", path=path) from None
+
+
+def _spec(entry: dict) -> TensorSpec:
+    shape = entry.get("shape")
+    return TensorSpec(entry["name"], entry.get("dtype", "float32"), None if shape is None else tuple(shape))
+
+
+def meta_inputs(meta: dict) -> tuple[TensorSpec, ...]:
+    return tuple(_spec(e) if isinstance(e, dict) else TensorSpec(e, "float32", None) for e in meta.get("inputs", []))
+
+
+class TorchDirRunner(TorchCallableRunner):
+    format = NAME
+
+    def __init__(self, path: str, options: LoadOptions) -> None:
+        torch_module()
+        from modelport import onnx2torch
+
+        meta = read_meta(Path(path))
+        module = onnx2torch.load(path).to(options.device)
+        inputs = fill_signature(meta_inputs(meta), options.inputs, path)
+        super().__init__(path, module, inputs, device=options.device)
+        outputs = meta.get("outputs", [])
+        self._output_names = [e["name"] if isinstance(e, dict) else e for e in outputs]
+        self.module = module
+
+    def _set_outputs(self, outs):
+        names = self._output_names
+        if len(names) == len(outs):
+            outs = [(n, t) for n, (_, t) in zip(names, outs)]
+        super()._set_outputs(outs)
+
+
+def open(path: str, options: LoadOptions) -> TorchDirRunner:  # noqa: A001
+    return TorchDirRunner(path, options)
