@@ -84,6 +84,8 @@ def load_state_dict(path: str) -> dict[str, Any]:
 def build_module(spec: str, weights: str | None) -> Any:
     torch = torch_module()
     obj = import_object(spec)
+    if not weights:
+        torch.manual_seed(0)  # no weights: the same random init every time it is built
     try:
         module = obj() if (inspect.isclass(obj) or callable(obj)) else obj
     except TypeError as exc:

@@ -1,0 +1,122 @@
+"""Keras (.keras/.h5) and TensorFlow SavedModel -> ONNX with tf2onnx.
+
+tf2onnx's ``from_keras`` fails on Keras 3 Sequential models (``KeyError: 'keras_tensor_N'``),
+so the model is wrapped in a ``tf.function`` with an explicit input signature and
+converted with ``from_function``; the batch dim stays dynamic unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from contextlib import redirect_stderr, redirect_stdout
+
+from modelport.artifact import TensorSpec
+from modelport.convert.registry import ConvertOptions, ConverterResult, register
+from modelport.errors import ExportError
+from modelport.formats.base import LoadOptions, require
+
+DEFAULT_OPSET = 17
+
+
+def _tf_specs(specs: tuple[TensorSpec, ...], dynamic_batch: bool):
+    import tensorflow as tf
+
+    out = []
+    for s in specs:
+        shape = [None if not isinstance(d, int) else d for d in (s.shape or ())]
+        if shape and dynamic_batch:
+            shape[0] = None
+        elif shape and shape[0] is None:
+            shape[0] = 1
+        out.append(tf.TensorSpec(shape, s.dtype, name=s.name))
+    return out
+
+
+def _convert_function(fn, input_signature, out_names: list[str], out: str, opset: int, src: str) -> ConverterResult:
+    import tensorflow as tf
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with redirect_stdout(sink), redirect_stderr(sink):
+            model_proto, _ = tf2onnx.convert.from_function(
+                fn, input_signature=input_signature, opset=opset, output_path=None
+            )
+    except Exception as exc:
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise ExportError(f"tf2onnx failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:300], path=src) from None
+    _rename_outputs(model_proto, out_names)
+    import onnx
+
+    onnx.save(model_proto, out)
+    return ConverterResult(
+        tool="tf2onnx (from_function)",
+        versions=(("tensorflow", tf.__version__), ("tf2onnx", tf2onnx.__version__)),
+        detail=f"opset {opset}",
+    )
+
+
+def _rename_outputs(model, names: list[str]) -> None:
+    """Give graph outputs the source model's output names (tf2onnx writes `Identity:0`)."""
+    graph = model.graph
+    if len(names) != len(graph.output) or len(set(names)) != len(names):
+        return
+    taken = {v for n in graph.node for v in list(n.input) + list(n.output)} | {i.name for i in graph.input}
+    for vi, new in zip(graph.output, names):
+        old = vi.name
+        if old == new or new in taken:
+            continue
+        for node in graph.node:
+            node.output[:] = [new if o == old else o for o in node.output]
+            node.input[:] = [new if i == old else i for i in node.input]
+        vi.name = new
+
+
+@register("keras", "onnx", "tf2onnx")
+def keras_to_onnx(src: str, out: str, options: ConvertOptions) -> ConverterResult:
+    require("tensorflow", "tf", "Keras -> ONNX")
+    require("tf2onnx", "tf", "Keras -> ONNX")
+    import tensorflow as tf
+
+    from modelport.formats.keras_format import KerasRunner
+
+    runner = KerasRunner(src, LoadOptions(inputs=options.inputs))
+    model = runner.model
+    specs = runner.signature.inputs
+    sig = _tf_specs(specs, options.dynamic_batch)
+    single = len(specs) == 1
+
+    @tf.function(input_signature=sig)
+    def fn(*args):
+        out = model(args[0] if single else list(args), training=False)
+        return out if isinstance(out, (list, tuple)) else [out]
+
+    return _convert_function(fn, sig, runner.signature.output_names, out, options.opset or DEFAULT_OPSET, src)
+
+
+@register("savedmodel", "onnx", "tf2onnx")
+def savedmodel_to_onnx(src: str, out: str, options: ConvertOptions) -> ConverterResult:
+    require("tf2onnx", "tf", "SavedModel -> ONNX")
+    import tensorflow as tf
+
+    from modelport.formats.savedmodel import SavedModelRunner
+
+    runner = SavedModelRunner(src, LoadOptions(inputs=options.inputs))
+    specs = runner.signature.inputs
+    sig = _tf_specs(specs, options.dynamic_batch)
+    names = [s.name for s in specs]
+    out_names = runner.signature.output_names
+    serving = runner.fn
+
+    @tf.function(input_signature=sig)
+    def fn(*args):
+        result = serving(**dict(zip(names, args)))
+        return [result[n] for n in out_names]
+
+    return _convert_function(fn, sig, out_names, out, options.opset or DEFAULT_OPSET, src)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

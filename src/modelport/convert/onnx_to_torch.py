@@ -1,0 +1,31 @@
+"""ONNX -> PyTorch with modelport's own compiler (modelport.onnx2torch)."""
+
+from __future__ import annotations
+
+from modelport.convert.registry import ConvertOptions, ConverterResult, register
+from modelport.errors import UnsupportedError
+
+
+@register("onnx", "torch", "modelport onnx2torch")
+def onnx_to_torch(src: str, out: str, options: ConvertOptions) -> ConverterResult:
+    import os
+
+    from modelport.formats.base import require
+
+    require("torch", "torch", "ONNX -> PyTorch")
+    from modelport import onnx2torch
+    from modelport.formats.onnx_format import load_model
+
+    model = load_model(src)
+    os.makedirs(out, exist_ok=True)
+    try:
+        result = onnx2torch.convert(model, out)
+    except onnx2torch.UnsupportedOpsError as exc:
+        items = exc.unsupported
+        listed = ", ".join(f"{u.op_type}-{u.version} ({u.node})" for u in items[:10])
+        more = f" and {len(items) - 10} more" if len(items) > 10 else ""
+        raise UnsupportedError(f"{len(items)} unsupported node(s) for torch: {listed}{more}", path=src) from None
+    import torch
+
+    return ConverterResult(tool="modelport onnx2torch", versions=(("torch", torch.__version__),),
+                           detail=f"{getattr(result, 'n_nodes', '?')} nodes", warnings=tuple(getattr(result, "warnings", ())))

@@ -1,0 +1,114 @@
+"""Verification: run two models on the same inputs and measure how far apart they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modelport.artifact import TensorSpec
+from modelport.errors import BadInputError
+from modelport.formats import LoadOptions, Runner, open_runner
+from modelport.verify.inputs import check_feeds, load_npz, make_inputs
+from modelport.verify.parity import OutputParity, ParityReport, RunParity, compare_outputs, match_names
+
+__all__ = ["verify", "compare_runners", "ParityReport", "RunParity", "OutputParity", "feeds_for"]
+
+
+def feeds_for(
+    runner: Runner,
+    *,
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    dims: dict[str, int] | None = None,
+    seed: int = 0,
+    bounds: dict[str, int] | None = None,
+    specs: tuple[TensorSpec, ...] | None = None,
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The feed dicts to compare on, and where they came from."""
+    specs = specs or runner.signature.inputs
+    if inputs is not None:
+        data = load_npz(inputs) if not isinstance(inputs, dict) else inputs
+        source = str(inputs) if not isinstance(inputs, dict) else "given arrays"
+        return [check_feeds(data, specs, source, extra_ok=("labels",))], source
+    merged = {**runner.index_bounds(), **(bounds or {})}
+    return make_inputs(specs, seed=seed, dims=dims, bounds=merged), f"random (seed {seed})"
+
+
+def _rename(feed: dict[str, np.ndarray], mapping: dict[str, str], specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    out = {mapping[k]: v for k, v in feed.items() if k in mapping}
+    dtypes = {s.name: s.dtype for s in specs}
+    for k, v in out.items():  # e.g. int64 token ids into a model that takes int32
+        want = dtypes.get(k)
+        if want and want != "bfloat16" and v.dtype != np.dtype(want) and v.dtype.kind == np.dtype(want).kind:
+            out[k] = v.astype(want)
+    return out
+
+
+def compare_runners(
+    a: Runner,
+    b: Runner,
+    *,
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    dims: dict[str, int] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    specs: tuple[TensorSpec, ...] | None = None,
+) -> ParityReport:
+    """Run A and B on the same inputs; A is the reference.
+
+    ``specs`` overrides the input specs that random inputs are drawn from (named as A's
+    inputs): convert passes the converted model's, which may have more dynamic dims.
+    """
+    mapping = match_names(a.signature.input_names, b.signature.input_names, "inputs")
+    bounds_b = {k: v for k, v in b.index_bounds().items()}
+    bounds = {}
+    for name_a, name_b in mapping.items():
+        if name_b in bounds_b:
+            bounds[name_a] = bounds_b[name_b]
+    feeds, source = feeds_for(a, inputs=inputs, dims=dims, seed=seed, bounds={**bounds, **a.index_bounds()}, specs=specs)
+    runs = []
+    for feed in feeds:
+        ref = a.run(feed)
+        got = b.run(_rename(feed, mapping, b.signature.inputs))
+        shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
+        runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol)))
+    ok = all(runs)
+    return ParityReport(a.path, b.path, a.format, b.format, tuple(runs), ok, source)
+
+
+def verify(
+    a: str | Path,
+    b: str | Path,
+    *,
+    a_format: str | None = None,
+    b_format: str | None = None,
+    a_options: LoadOptions | None = None,
+    b_options: LoadOptions | None = None,
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    dims: dict[str, int] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare two artifacts of any formats on the same inputs.
+
+    Args:
+        a: the reference model (a path, or ``file.py:Name`` for a PyTorch module).
+        b: the model under test.
+        inputs: an .npz whose keys are A's input names, or a dict of arrays; seeded
+            random inputs from A's signature when omitted (dynamic dims at two sizes).
+        dims: sizes for symbolic dims by name, e.g. ``{"batch": 4}``.
+        rtol, atol: tolerances; defaults depend on the output dtype.
+
+    Returns:
+        A ParityReport; ``bool(report)`` is the verdict.
+    """
+    if a_options is None:
+        a_options = LoadOptions()
+    if b_options is None:
+        b_options = LoadOptions(inputs=a_options.inputs)
+    with open_runner(a, a_format, a_options) as ra, open_runner(b, b_format, b_options) as rb:
+        if not ra.signature.inputs:
+            raise BadInputError("model has no inputs to feed", path=a)
+        return compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed)

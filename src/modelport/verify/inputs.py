@@ -1,0 +1,123 @@
+"""Inputs for verification: seeded random data from a signature, or an .npz checked against it.
+
+Dynamic dims are filled twice with different sizes, because a converter can silently
+freeze a shape. Dims at the same position share a size across inputs (input_ids and
+attention_mask agree on batch and sequence) unless ``--dim name=value`` says otherwise.
+Integer inputs that index a table stay below the table's size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modelport.artifact import TensorSpec
+from modelport.errors import BadInputError
+
+__all__ = ["make_inputs", "load_npz", "check_feeds", "dim_sizes"]
+
+
+def _default_size(pos: int, rank: int, round_: int) -> int:
+    if pos == 0:
+        return 2 + round_  # batch: 2, then 3
+    if rank == 4 and pos >= 1:
+        return 32 + 8 * round_  # spatial or channel dims of image-like inputs
+    return 8 + 5 * round_  # sequence-like: 8, then 13
+
+
+def dim_sizes(spec: TensorSpec, dims: dict[str, int], round_: int) -> tuple[int, ...]:
+    if spec.shape is None:
+        raise BadInputError(f"input {spec.name!r} has an unknown rank; give --input {spec.name}:1x3x224x224:{spec.dtype}")
+    out = []
+    for pos, d in enumerate(spec.shape):
+        if isinstance(d, int) and d >= 0:
+            out.append(d)
+        elif isinstance(d, str) and d in dims:
+            out.append(dims[d] + round_ * (1 if pos == 0 else 3))
+        else:
+            out.append(_default_size(pos, len(spec.shape), round_))
+    return tuple(out)
+
+
+def _random(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, bound: int | None) -> np.ndarray:
+    dtype = np.dtype(spec.dtype) if spec.dtype != "bfloat16" else np.dtype("float32")
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.kind in "iu":
+        if bound is None:
+            lowered = spec.name.lower()
+            bound = 2 if ("mask" in lowered or "type" in lowered) else (256 if dtype == np.uint8 else 10)
+        return rng.integers(0, max(1, bound), shape).astype(dtype)
+    raise BadInputError(f"cannot generate random data for input {spec.name!r} of dtype {spec.dtype}")
+
+
+def make_inputs(
+    specs: tuple[TensorSpec, ...],
+    *,
+    seed: int = 0,
+    dims: dict[str, int] | None = None,
+    bounds: dict[str, int] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """One feed dict, or two when any dim is dynamic (at two different sizes)."""
+    dims = dims or {}
+    bounds = bounds or {}
+    dynamic = any(s.is_dynamic for s in specs)
+    feeds = []
+    for round_ in range(2 if dynamic else 1):
+        rng = np.random.default_rng(seed + round_)
+        feeds.append({s.name: _random(s, dim_sizes(s, dims, round_), rng, bounds.get(s.name)) for s in specs})
+    return feeds
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise BadInputError("no such inputs file", path=path) from None
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            from modelport.errors import UnsafeError
+
+            raise UnsafeError("refusing to load pickled arrays from an .npz", path=path) from None
+        raise BadInputError(f"unreadable .npz ({exc})", path=path) from None
+    except Exception as exc:
+        raise BadInputError(f"unreadable .npz ({type(exc).__name__}: {exc})", path=path) from None
+
+
+def check_feeds(feeds: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], source: str, *, extra_ok: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Feeds for a model, checked against its inputs: names, dtypes and static dims."""
+    want = {s.name for s in specs}
+    missing = sorted(want - set(feeds))
+    unknown = sorted(set(feeds) - want - set(extra_ok))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing inputs {missing}")
+        if unknown:
+            parts.append(f"unknown keys {unknown}")
+        raise BadInputError(f"{'; '.join(parts)} (the model's inputs: {sorted(want)})", path=source)
+    out = {}
+    for spec in specs:
+        arr = np.asarray(feeds[spec.name])
+        want_dtype = np.dtype(spec.dtype) if spec.dtype != "bfloat16" else np.dtype("float32")
+        if arr.dtype != want_dtype:
+            if arr.dtype.kind == want_dtype.kind or (arr.dtype.kind in "iu" and want_dtype.kind in "iu"):
+                arr = arr.astype(want_dtype)
+            else:
+                raise BadInputError(f"input {spec.name!r} has dtype {arr.dtype}, the model wants {want_dtype}", path=source)
+        if spec.shape is not None:
+            ok = arr.ndim == len(spec.shape) and all(
+                not isinstance(d, int) or d < 0 or d == n for d, n in zip(spec.shape, arr.shape)
+            )
+            if not ok:
+                raise BadInputError(
+                    f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape)) or 'scalar'}, "
+                    f"the model wants {spec.shape_str()}",
+                    path=source,
+                )
+        out[spec.name] = arr
+    return out
