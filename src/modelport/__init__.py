@@ -1,1 +1,41 @@
-"""modelport."""
+"""modelport: move trained models between frameworks and platforms, and prove they still do the same thing.
+
+    >>> import modelport
+    >>> report = modelport.convert("model.keras", "onnx")      # verified by default
+    >>> modelport.verify("model.keras", report.artifact.path)  # any two formats
+"""
+
+from __future__ import annotations
+
+from modelport.api import bench, convert, inspect, load, verify
+from modelport.artifact import Artifact, Signature, StepRecord, TensorSpec
+from modelport.errors import (
+    BadInputError,
+    CheckFailedError,
+    ExportError,
+    MissingExtraError,
+    ModelportError,
+    UnsafeError,
+    UnsupportedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact",
+    "BadInputError",
+    "CheckFailedError",
+    "ExportError",
+    "MissingExtraError",
+    "ModelportError",
+    "Signature",
+    "StepRecord",
+    "TensorSpec",
+    "UnsafeError",
+    "UnsupportedError",
+    "bench",
+    "convert",
+    "inspect",
+    "load",
+    "verify",
+]

@@ -78,7 +78,10 @@ def _verify_specs(src_sig, dst_sig) -> tuple[TensorSpec, ...] | None:
 
 
 def _sha256(path: str) -> str:
-    p = Path(path)
+    from modelport.formats import split_module_spec
+
+    parts = split_module_spec(path)
+    p = Path(parts[0] if parts else path)
     if not p.is_file():
         return ""
     h = hashlib.sha256()
@@ -170,7 +173,9 @@ def convert(
         else:
             with open_runner(current, to) as rb:
                 sig = rb.signature
-        steps[0] = dataclasses.replace(steps[0], detail=(steps[0].detail + f"; source sha256 {_sha256(src)[:16]}").strip("; "))
+        digest = _sha256(src)
+        if digest:
+            steps[0] = dataclasses.replace(steps[0], detail=f"{steps[0].detail}; source sha256 {digest[:16]}")
         _record_lineage(Path(current), to, tuple(steps))
         place(Path(current), out_path)
     finally:

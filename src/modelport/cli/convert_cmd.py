@@ -1,0 +1,57 @@
+"""`modelport convert`: plan a route, convert, verify, write atomically."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from modelport.cli.common import console, emit_json, progress
+from modelport.cli.verify_cmd import parity_table
+
+InputOpt = Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32 (repeatable; symbolic dims by name, e.g. batch).")]
+DimOpt = Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim for verification, name=value (repeatable).")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("convert")
+    def convert(
+        src: Annotated[str, typer.Argument(help="Model path, or path/file.py:Name for a PyTorch module.")],
+        to: Annotated[str, typer.Option("--to", help="Target format: onnx, torch, …")],
+        out: Annotated[Optional[str], typer.Option("-o", "--out", help="Output path (default: beside the source).")] = None,
+        src_format: Annotated[Optional[str], typer.Option("--from", help="Source format, when detection should be skipped.")] = None,
+        weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for a module file: .safetensors or a .pt state_dict.")] = None,
+        input: InputOpt = None,
+        opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset to export at.")] = None,
+        static_batch: Annotated[bool, typer.Option("--static-batch", help="Keep the batch dim static (default: dynamic).")] = False,
+        no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the parity check.")] = False,
+        inputs: Annotated[Optional[str], typer.Option("--inputs", help="Verify on these inputs (.npz keyed by input name).")] = None,
+        dim: DimOpt = None,
+        rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
+        atol: Annotated[Optional[float], typer.Option("--atol")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ) -> None:
+        """Convert a model to another format and verify it still computes the same outputs."""
+        from modelport import api
+
+        with progress(not as_json, f"converting {src} -> {to}") as update:
+            report = api.convert(
+                src, to, out, src_format=src_format, weights=weights, input_specs=input, opset=opset,
+                dynamic_batch=not static_batch, verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol,
+                progress=update,
+            )
+        if as_json:
+            emit_json(report)
+            return
+        table = Table(title=f"convert {report.src_format} -> {report.dst_format}", show_header=False)
+        table.add_row("output", report.artifact.path if report.artifact else "-")
+        table.add_row("route", " -> ".join([report.src_format] + [s.dst_format for s in report.artifact.lineage]))
+        for step in report.artifact.lineage:
+            table.add_row(f"{step.src_format} -> {step.dst_format}", f"{step.tool}: {step.detail}")
+        table.add_row("time", f"{report.seconds:.1f} s")
+        console.print(table)
+        for w in report.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+        if report.parity is not None:
+            console.print(parity_table(report.parity))

@@ -1,0 +1,64 @@
+"""`modelport inspect MODEL`: format, signature, opset, ops, parameters, MACs, size."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from modelport.cli.common import console, emit_json
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("inspect")
+    def inspect(
+        model: Annotated[str, typer.Argument(help="Model path (any format).")],
+        fmt: Annotated[Optional[str], typer.Option("--format", help="Format, when detection should be skipped.")] = None,
+        weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for a module file.")] = None,
+        input: Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ) -> None:
+        """Show what a model is: format, IO signature, opset, op histogram, parameters, MACs, size."""
+        from modelport import api
+
+        report = api.inspect(model, fmt=fmt, weights=weights, input_specs=input)
+        if as_json:
+            emit_json(report)
+            return
+        table = Table(title=f"{model}", show_header=False)
+        table.add_row("format", report.format)
+        table.add_row("file size", _human_bytes(getattr(report, "file_size", None)))
+        sig = report.signature
+        if sig is not None:
+            for s in sig.inputs:
+                table.add_row("input", str(s))
+            for s in sig.outputs:
+                table.add_row("output", str(s))
+        for key in ("opset", "ir_version", "producer", "n_nodes", "n_params", "param_bytes", "macs"):
+            value = getattr(report, key, None)
+            if value is None or value == {}:
+                continue
+            if key == "param_bytes":
+                value = _human_bytes(value)
+            elif key in ("n_params", "macs", "n_nodes") and isinstance(value, int):
+                value = f"{value:,}"
+            elif isinstance(value, dict):
+                value = ", ".join(f"{k or 'ai.onnx'}:{v}" for k, v in value.items())
+            table.add_row(key.replace("_", " "), str(value))
+        hist = getattr(report, "op_histogram", None) or {}
+        if hist:
+            table.add_row("ops", ", ".join(f"{k}×{v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])))
+        for note in getattr(report, "notes", ()) or ():
+            table.add_row("note", note)
+        console.print(table)

@@ -1,0 +1,60 @@
+"""`modelport verify A B`: run two models on the same inputs and compare outputs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from modelport.cli.common import console, emit_json, fmt_float, progress
+
+
+def parity_table(report) -> Table:
+    table = Table(title=f"parity: {report.summary()}")
+    for col in ("inputs", "output", "shape", "max abs", "max rel", "mean abs", "cosine", "top-1", "ok"):
+        table.add_column(col)
+    for run in report.runs:
+        shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in run.input_shapes.items())
+        for o in run.outputs:
+            table.add_row(
+                shapes, o.name, "x".join(map(str, o.shape)), fmt_float(o.max_abs), fmt_float(o.max_rel),
+                fmt_float(o.mean_abs), fmt_float(o.cosine, ".6f"), fmt_float(o.top1, ".3f"),
+                "[green]yes[/]" if o.ok else f"[red]NO[/] {o.reason}",
+            )
+            shapes = ""
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("verify")
+    def verify(
+        a: Annotated[str, typer.Argument(help="Reference model (any format).")],
+        b: Annotated[str, typer.Argument(help="Model under test (any format).")],
+        a_format: Annotated[Optional[str], typer.Option("--a-format", help="Format of A, when detection should be skipped.")] = None,
+        b_format: Annotated[Optional[str], typer.Option("--b-format", help="Format of B.")] = None,
+        weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for A when it is a module file.")] = None,
+        b_weights: Annotated[Optional[str], typer.Option("--b-weights", help="Weights for B when it is a module file.")] = None,
+        input: Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32 (repeatable).")] = None,
+        inputs: Annotated[Optional[str], typer.Option("--inputs", help=".npz of inputs keyed by input name.")] = None,
+        dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim, name=value.")] = None,
+        rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
+        atol: Annotated[Optional[float], typer.Option("--atol")] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+        device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ) -> None:
+        """Compare two models of any formats on the same inputs (exit 1 when they differ)."""
+        from modelport import api
+
+        with progress(not as_json, f"verifying {b} against {a}"):
+            report = api.verify(
+                a, b, a_format=a_format, b_format=b_format, weights=weights, b_weights=b_weights, input_specs=input,
+                inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device,
+            )
+        if as_json:
+            emit_json(report)
+        else:
+            console.print(parity_table(report))
+        if not report:
+            raise typer.Exit(1)

@@ -1,0 +1,142 @@
+"""The main job, end to end, on an embedded default: a Keras CNN trained on scikit-learn's digits.
+
+Train (seconds) -> convert Keras -> ONNX (verified) -> test-set accuracy of both -> bench both.
+Each later capability adds its column: PyTorch (ONNX -> torch), TFLite, compression.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from modelport.errors import MissingExtraError
+
+__all__ = ["DemoReport", "DemoRow", "run_demo", "digits_data", "train_digits_cnn"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRow:
+    """One model of the demo: where it is, what it scores, how fast it runs."""
+
+    stage: str
+    format: str
+    path: str
+    accuracy: float
+    size_bytes: int
+    p50_ms_batch1: float | None
+    p50_ms_batch8: float | None
+    parity: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoReport:
+    rows: tuple[DemoRow, ...]
+    test_samples: int
+    train_seconds: float
+    convert_seconds: float
+    notes: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return all(r.parity.startswith("ok") or r.parity == "reference" for r in self.rows)
+
+
+def digits_data(seed: int = 0):
+    """scikit-learn's digits (1797 8x8 images), NHWC float32 in [0, 1], split 75/25."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise MissingExtraError("scikit-learn", "demo", purpose="the demo's dataset") from None
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target.astype(np.int64)
+    return train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
+
+
+def train_digits_cnn(path: Path, x_train, y_train, *, epochs: int = 12, seed: int = 0):
+    """A small Keras CNN (Conv-BN-ReLU x2, pooling, Dense), trained for seconds."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from modelport.formats.base import require
+
+    require("tensorflow", "tf", "the demo's Keras model")
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    model = keras.Model(inputs, outputs, name="digits_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+    model.save(path)
+    return model
+
+
+def accuracy(path: str, x, y, batch: int = 256) -> float:
+    """Top-1 accuracy of any model on (x, y), run through its Runner."""
+    from modelport.formats import open_runner
+
+    correct = 0
+    with open_runner(path) as runner:
+        name = runner.signature.inputs[0].name
+        for i in range(0, len(x), batch):
+            out = next(iter(runner.run({name: x[i:i + batch]}).values()))
+            correct += int((np.argmax(out, axis=-1) == y[i:i + batch]).sum())
+    return correct / len(x)
+
+
+def _size(path: str) -> int:
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+
+
+def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: Callable[[str], None] | None = None) -> DemoReport:
+    """Run the demo; artifacts go to ``out_dir`` (a temp dir, removed afterwards, when None)."""
+    from modelport.api import bench, convert
+
+    say = progress or (lambda msg: None)
+    with tempfile.TemporaryDirectory(prefix="modelport-demo-") as tmp:
+        work = Path(out_dir) if out_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        say("loading digits")
+        x_train, x_test, y_train, y_test = digits_data()
+        say("training the Keras CNN")
+        t0 = time.perf_counter()
+        keras_path = work / "digits_cnn.keras"
+        train_digits_cnn(keras_path, x_train, y_train, epochs=epochs)
+        train_s = time.perf_counter() - t0
+        say("converting Keras -> ONNX (verified)")
+        t0 = time.perf_counter()
+        report = convert(keras_path, "onnx", work / "digits_cnn.onnx", inputs={"image": x_test[:64]})
+        convert_s = time.perf_counter() - t0
+        onnx_path = report.artifact.path
+        models = [("trained", "keras", str(keras_path), "reference"),
+                  ("converted", "onnx", onnx_path, report.parity.summary().replace("parity ", "") if report.parity else "-")]
+        say("measuring test accuracy")
+        accs = [accuracy(path, x_test, y_test) for _, _, path, _ in models]
+        say("benchmarking")
+        bench_report = bench([m[2] for m in models], batches=(1, 8), warmup=5, runs=30)
+        p50 = {(r.model, r.batch): r.p50_ms for r in bench_report.rows if not getattr(r, "skipped", None)}
+        rows = tuple(
+            DemoRow(stage, fmt, path, acc, _size(path), p50.get((path, 1)), p50.get((path, 8)), parity)
+            for (stage, fmt, path, parity), acc in zip(models, accs)
+        )
+        notes = ()
+        if not out_dir:
+            notes = ("artifacts were written to a temporary directory and removed; pass --out DIR to keep them",)
+        return DemoReport(rows, len(x_test), train_s, convert_s, notes)
