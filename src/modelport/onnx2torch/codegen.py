@@ -92,6 +92,9 @@ class ModuleState:
     warnings: list[str] = field(default_factory=list)
     problems: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)
     n_nodes: int = 0
+    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    graph_outputs: set[str] = field(default_factory=set)
+    fused: dict[int, str] = field(default_factory=dict)
 
     def helper(self, name: str) -> str:
         if name not in self.helpers:
@@ -179,6 +182,9 @@ class Graph:
             domain = "" if node.domain in registry.DEFAULT_DOMAINS else node.domain
             fn, reason = registry.dispatch(domain, node.op_type, self.ms.opsets.get(domain))
             label = f"# {node.name} ({node.op_type})" if node.name else f"# {node.op_type}"
+            if id(node) in self.ms.fused:
+                self.emit(f"{label}: fused into {self.ms.fused[id(node)]}")
+                continue
             start = len(self.lines)
             self.emit(label)
             if fn is None:
@@ -391,6 +397,25 @@ class Node:
 
     def initializer_name(self, i: int) -> str:
         return self.node.input[i]
+
+    def sole_consumer(self, j: int = 0) -> onnx.NodeProto | None:
+        """The only node reading output ``j``, when there is exactly one and it is no graph output."""
+        name = self.node.output[j]
+        users = self.ms.consumers.get(name, [])
+        if len(users) != 1 or name in self.ms.graph_outputs:
+            return None
+        return users[0]
+
+    def fuse(self, other: onnx.NodeProto) -> None:
+        """Marks ``other`` as emitted by this node; its outputs are this node's to set."""
+        self.ms.fused[id(other)] = self.node.name or self.node.op_type
+
+    def const_of(self, name: str):
+        try:
+            v = self.g.lookup(name)
+        except KeyError:
+            return None
+        return v.const if v.kind == "const" else None
 
     def fail(self, reason: str) -> NotConvertible:
         return NotConvertible(reason)

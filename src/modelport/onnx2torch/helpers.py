@@ -1,0 +1,343 @@
+"""Small torch functions copied into a generated model.py when an op needs one.
+
+They use only ``torch``, ``F`` (torch.nn.functional) and ``math``, so model.py runs where
+modelport is not installed. A helper may call another; codegen copies both.
+"""
+
+from __future__ import annotations
+
+HELPERS: dict[str, str] = {}
+
+
+def _h(src: str) -> None:
+    name = src.split("def ", 1)[1].split("(", 1)[0]
+    HELPERS[name] = src
+
+
+_h('''
+def _div(a, b):
+    """ONNX Div: truncating for integers, true division for floats."""
+    if isinstance(a, torch.Tensor) and not a.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+''')
+
+_h('''
+def _cast_f8_saturate(x, dtype):
+    """Cast to float8, clamping to the type's finite range (ONNX saturate=1)."""
+    big = torch.finfo(dtype).max
+    return x.to(torch.float32).clamp(-big, big).to(dtype)
+''')
+
+_h('''
+def _reshape(x, shape, allowzero=0):
+    """ONNX Reshape: 0 copies the input dim (unless allowzero), -1 is inferred."""
+    shape = [int(d) for d in shape]
+    if not allowzero:
+        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return x.reshape(shape)
+''')
+
+_h('''
+def _expand(x, shape):
+    """ONNX Expand: bidirectional broadcast of x to shape."""
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(int(d) for d in shape)))
+''')
+
+_h('''
+def _slice(x, starts, ends, axes=None, steps=None):
+    """ONNX Slice with any signs of starts, ends and steps."""
+    axes = list(range(len(starts))) if axes is None else [int(a) % x.dim() for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        n, s, e, st = x.shape[a], int(s), int(e), int(st)
+        if st > 0:
+            s = min(max(s + n if s < 0 else s, 0), n)
+            e = min(max(e + n if e < 0 else e, 0), n)
+            x = x.narrow(a, s, max(e - s, 0))[(slice(None),) * a + (slice(None, None, st),)]
+        else:
+            s = min(max(s + n if s < 0 else s, -1), n - 1)
+            e = min(max(e + n if e < 0 else e, -1), n - 1)
+            if s <= e:
+                x = x.narrow(a, 0, 0)
+            else:
+                x = x.narrow(a, e + 1, s - e).flip(a)[(slice(None),) * a + (slice(None, None, -st),)]
+    return x
+''')
+
+_h('''
+def _same_pads(sizes, kernel, strides, dilations, upper):
+    """ONNX auto_pad SAME_UPPER / SAME_LOWER: F.pad-order pads for the spatial dims."""
+    pads = []
+    for n, k, s, d in zip(sizes, kernel, strides, dilations):
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        small, big = total // 2, total - total // 2
+        pads.append((small, big) if upper else (big, small))
+    return [p for pair in reversed(pads) for p in pair]
+''')
+
+_h('''
+def _unsqueeze(x, axes):
+    """ONNX Unsqueeze with axes that may be negative (relative to the output rank)."""
+    r = x.dim() + len(axes)
+    for a in sorted(int(a) % r for a in axes):
+        x = x.unsqueeze(a)
+    return x
+''')
+
+_h('''
+def _gather_nd(data, indices, batch_dims=0):
+    """ONNX GatherND."""
+    b = data.shape[:batch_dims]
+    nb = math.prod(b)
+    d = data.reshape((nb,) + tuple(data.shape[batch_dims:]))
+    idx = indices.reshape((nb, -1, indices.shape[-1])).long()
+    k = idx.shape[-1]
+    idx = torch.where(idx < 0, idx + torch.tensor(d.shape[1:k + 1]), idx)
+    batch = torch.arange(nb).reshape(nb, 1).expand(nb, idx.shape[1])
+    out = d[(batch,) + tuple(idx[..., i] for i in range(k))]
+    return out.reshape(tuple(indices.shape[:-1]) + tuple(data.shape[batch_dims + k:]))
+''')
+
+_h('''
+def _scatter_nd(data, indices, updates, reduction="none"):
+    """ONNX ScatterND."""
+    out = data.clone()
+    idx = tuple(indices.long()[..., i] for i in range(indices.shape[-1]))
+    if reduction == "none":
+        out[idx] = updates
+    elif reduction == "add":
+        out.index_put_(idx, updates, accumulate=True)
+    else:
+        flat = indices.long().reshape(-1, indices.shape[-1])
+        upd = updates.reshape((flat.shape[0],) + tuple(updates.shape[indices.dim() - 1:]))
+        for i in range(flat.shape[0]):
+            key = tuple(flat[i].tolist())
+            if reduction == "mul":
+                out[key] = out[key] * upd[i]
+            elif reduction == "max":
+                out[key] = torch.maximum(out[key], upd[i])
+            else:
+                out[key] = torch.minimum(out[key], upd[i])
+    return out
+''')
+
+_h('''
+def _pad(x, pads, mode="constant", value=0.0, axes=None):
+    """ONNX Pad: pads = [begin_0, ..., begin_n, end_0, ..., end_n] over axes."""
+    pads = [int(p) for p in pads]
+    r = x.dim()
+    axes = list(range(r)) if axes is None else [int(a) % r for a in axes]
+    k = len(axes)
+    full = [0] * (2 * r)
+    for i, a in enumerate(axes):
+        full[a], full[a + r] = pads[i], pads[i + k]
+    if mode == "constant":
+        tp = []
+        for a in reversed(range(r)):
+            tp += [full[a], full[a + r]]
+        return F.pad(x, tp, value=value)
+    for a in range(r):
+        b, e = full[a], full[a + r]
+        if b == 0 and e == 0:
+            continue
+        n = x.shape[a]
+        if mode == "edge":
+            idx = torch.arange(-b, n + e).clamp(0, n - 1)
+        elif mode == "reflect":
+            idx = torch.arange(-b, n + e).abs()
+            idx = torch.where(idx >= n, 2 * (n - 1) - idx, idx)
+        else:
+            idx = torch.arange(-b, n + e) % n
+        x = x.index_select(a, idx)
+    return x
+''')
+
+_h('''
+def _cumsum(x, axis, exclusive=0, reverse=0):
+    """ONNX CumSum."""
+    axis = int(axis)
+    if reverse:
+        x = x.flip(axis)
+    y = torch.cumsum(x, axis, dtype=x.dtype)
+    if exclusive:
+        y = y - x
+    return y.flip(axis) if reverse else y
+''')
+
+_h('''
+def _cumprod(x, axis, exclusive=0, reverse=0):
+    """ONNX CumProd."""
+    axis = int(axis)
+    if reverse:
+        x = x.flip(axis)
+    if exclusive:
+        x = torch.cat([torch.ones_like(x.narrow(axis, 0, 1)), x.narrow(axis, 0, x.shape[axis] - 1)], axis)
+    y = torch.cumprod(x, axis, dtype=x.dtype)
+    return y.flip(axis) if reverse else y
+''')
+
+_h('''
+def _onehot(indices, depth, values, axis=-1):
+    """ONNX OneHot."""
+    depth = int(depth)
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + depth, idx)
+    valid = (idx >= 0) & (idx < depth)
+    hot = F.one_hot(torch.where(valid, idx, 0), depth) * valid.unsqueeze(-1)
+    out = torch.where(hot.bool(), values[1], values[0])
+    return out.movedim(-1, axis % out.dim())
+''')
+
+_h('''
+def _reverse_sequence(x, lens, batch_axis=1, time_axis=0):
+    """ONNX ReverseSequence."""
+    out = x.clone()
+    for b, n in enumerate(lens.tolist()):
+        src = x.select(batch_axis, b)
+        t = time_axis if time_axis < batch_axis else time_axis - 1
+        dst = out.select(batch_axis, b)
+        dst.narrow(t, 0, n).copy_(src.narrow(t, 0, n).flip(t))
+    return out
+''')
+
+_h('''
+def _unique(x, axis=None, sorted_=1):
+    """ONNX Unique: values, first-occurrence indices, inverse indices, counts."""
+    if axis is None:
+        flat = x.reshape(-1)
+        vals, inv, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
+        first = torch.full((vals.shape[0],), flat.shape[0], dtype=torch.int64)
+        first = first.scatter_reduce(0, inv, torch.arange(flat.shape[0]), "amin")
+    else:
+        vals, inv, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True, dim=axis)
+        n = x.shape[axis]
+        first = torch.full((vals.shape[axis],), n, dtype=torch.int64)
+        first = first.scatter_reduce(0, inv, torch.arange(n), "amin")
+    if not sorted_:
+        order = torch.argsort(first)
+        remap = torch.argsort(order)
+        vals = vals.index_select(0 if axis is None else axis, order)
+        first, counts, inv = first[order], counts[order], remap[inv]
+    return vals, first, inv.reshape(-1), counts
+''')
+
+_h('''
+def _reduce_prod(x, dims, keepdim):
+    """Product over several dims (torch.prod takes one)."""
+    dims = [dims] if isinstance(dims, int) else sorted((d % max(x.dim(), 1) for d in dims), reverse=True)
+    for d in dims:
+        x = torch.prod(x, dim=d, keepdim=True, dtype=x.dtype)
+    if not keepdim:
+        for d in dims:
+            x = x.squeeze(d)
+    return x
+''')
+
+_h('''
+def _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same):
+    """F.pad-order pads for a pooling window, with ceil_mode turned into extra end padding."""
+    k = len(kernel)
+    sizes = x.shape[2:]
+    if same is not None:
+        tp = _same_pads(sizes, kernel, strides, dilations, same)
+        begin = [tp[2 * (k - 1 - i)] for i in range(k)]
+        end = [tp[2 * (k - 1 - i) + 1] for i in range(k)]
+    else:
+        begin, end = list(pads[:k]), list(pads[k:])
+    extra = []
+    for i in range(k):
+        span = (kernel[i] - 1) * dilations[i] + 1
+        total = sizes[i] + begin[i] + end[i]
+        if ceil_mode:
+            out = -(-(total - span) // strides[i]) + 1
+            if (out - 1) * strides[i] >= sizes[i] + begin[i]:
+                out -= 1
+        else:
+            out = (total - span) // strides[i] + 1
+        extra.append(max((out - 1) * strides[i] + span - total, 0))
+    tp = []
+    for i in reversed(range(k)):
+        tp += [begin[i], end[i] + extra[i]]
+    inner = []
+    for i in reversed(range(k)):
+        inner += [0, extra[i]]
+    return tp, inner
+''')
+
+_h('''
+def _max_pool(x, kernel, strides, pads, dilations, ceil_mode, same):
+    """ONNX MaxPool with any padding."""
+    tp, _ = _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same)
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(kernel) - 1]
+    lowest = -math.inf if x.is_floating_point() else torch.iinfo(x.dtype).min
+    xp = F.pad(x.to(torch.float64) if not x.is_floating_point() else x, tp, value=lowest)
+    return fn(xp, kernel, strides, 0, dilations).to(x.dtype)
+''')
+
+_h('''
+def _window_sum(x, kernel, strides, dilations):
+    c = x.shape[1]
+    k = len(kernel)
+    w = torch.ones((c, 1) + tuple(kernel), dtype=x.dtype)
+    fn = (F.conv1d, F.conv2d, F.conv3d)[k - 1]
+    return fn(x, w, None, strides, 0, dilations, c)
+''')
+
+_h('''
+def _avg_pool(x, kernel, strides, pads, dilations, ceil_mode, same, count_include_pad):
+    """ONNX AveragePool with any padding: window sums divided by window counts."""
+    tp, inner = _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same)
+    ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
+    if count_include_pad:
+        mask = F.pad(F.pad(ones, [p - q for p, q in zip(tp, inner)], value=1.0), inner)
+    else:
+        mask = F.pad(ones, tp)
+    s = _window_sum(F.pad(x, tp), kernel, strides, dilations)
+    cnt = _window_sum(mask, kernel, strides, dilations)
+    return s / cnt
+''')
+
+_h('''
+def _lp_pool(x, kernel, strides, pads, dilations, ceil_mode, same, p):
+    """ONNX LpPool."""
+    tp, _ = _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same)
+    s = _window_sum(F.pad(x.abs() ** p, tp), kernel, strides, dilations)
+    return s ** (1.0 / p)
+''')
+
+_h('''
+def _max_pool_with_indices(x, kernel, strides, pads, dilations, ceil_mode, storage_order):
+    """ONNX MaxPool with its Indices output (flat offsets into the whole input)."""
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(kernel) - 1]
+    y, idx = fn(x, kernel, strides, pads, dilations, ceil_mode, True)
+    spatial = x.shape[2:]
+    if storage_order and len(spatial) == 2:
+        h, w = idx // spatial[1], idx % spatial[1]
+        idx = w * spatial[0] + h
+    plane = math.prod(spatial)
+    base = torch.arange(x.shape[0] * x.shape[1]).reshape((x.shape[0], x.shape[1]) + (1,) * len(spatial))
+    return y, idx + base * plane
+''')
+
+_h('''
+def _layer_norm(x, scale, bias, axis, eps):
+    """ONNX LayerNormalization: (y, mean, inv_std_dev), statistics in float32."""
+    dims = tuple(range(axis % x.dim(), x.dim()))
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    mean = xf.mean(dim=dims, keepdim=True)
+    inv = torch.rsqrt(((xf - mean) ** 2).mean(dim=dims, keepdim=True) + eps)
+    y = ((xf - mean) * inv).to(x.dtype) * scale
+    if bias is not None:
+        y = y + bias
+    return y, mean, inv
+''')
+
+_h('''
+def _rms_norm(x, scale, axis, eps):
+    """ONNX RMSNormalization."""
+    dims = tuple(range(axis % x.dim(), x.dim()))
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    y = xf * torch.rsqrt((xf * xf).mean(dim=dims, keepdim=True) + eps)
+    return y.to(x.dtype) * scale
+''')

@@ -1,0 +1,15 @@
+"""Op converters, one module per op family; importing this package registers them all."""
+
+from modelport.onnx2torch.ops import (  # noqa: F401
+    control_flow,
+    conv,
+    elementwise,
+    nn,
+    quant,
+    reduce,
+    resize,
+    rnn,
+    sequence,
+    shape,
+    tensor,
+)
