@@ -7,17 +7,36 @@ converted with ``from_function``; the batch dim stays dynamic unless asked other
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-import os
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 
-from modelport.artifact import TensorSpec
+from modelport.artifact import Signature, TensorSpec
 from modelport.convert.registry import ConvertOptions, ConverterResult, register
 from modelport.errors import ExportError
 from modelport.formats.base import LoadOptions, require
+from modelport.formats.keras_format import quiet_tf_env
 
 DEFAULT_OPSET = 17
+# Python loggers that chatter at INFO/WARNING during a conversion; errors still show.
+_NOISY_LOGGERS = ("tf2onnx", "absl", "tensorflow")
+
+quiet_tf_env()  # before anything imports TensorFlow, so its C++ INFO lines stay off stderr
+
+
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.ERROR))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _tf_specs(specs: tuple[TensorSpec, ...], dynamic_batch: bool):
@@ -34,21 +53,21 @@ def _tf_specs(specs: tuple[TensorSpec, ...], dynamic_batch: bool):
     return out
 
 
-def _convert_function(fn, input_signature, out_names: list[str], out: str, opset: int, src: str) -> ConverterResult:
+def _convert_function(fn, input_signature, sig: Signature, out: str, opset: int, src: str) -> ConverterResult:
     import tensorflow as tf
     import tf2onnx
 
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     sink = io.StringIO()
     try:
-        with redirect_stdout(sink), redirect_stderr(sink):
+        with _quiet_loggers(), redirect_stdout(sink), redirect_stderr(sink):
             model_proto, _ = tf2onnx.convert.from_function(
                 fn, input_signature=input_signature, opset=opset, output_path=None
             )
     except Exception as exc:
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         raise ExportError(f"tf2onnx failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:300], path=src) from None
-    _rename_outputs(model_proto, out_names)
+    _rename_outputs(model_proto, sig.output_names)
+    _name_batch_dims(model_proto, sig)
     import onnx
 
     onnx.save(model_proto, out)
@@ -75,13 +94,30 @@ def _rename_outputs(model, names: list[str]) -> None:
         vi.name = new
 
 
+def _name_batch_dims(model, sig: Signature) -> None:
+    """Call the dynamic leading dim `batch` (tf2onnx writes `unk__N`) where the source calls it so."""
+    graph = model.graph
+    renames: dict[str, str] = {}
+    pairs = list(zip(graph.input, sig.inputs)) + list(zip(graph.output, sig.outputs))
+    for vi, spec in pairs:
+        dims = vi.type.tensor_type.shape.dim
+        if spec.shape and spec.shape[0] == "batch" and len(dims) and dims[0].HasField("dim_param"):
+            renames[dims[0].dim_param] = "batch"
+    if not renames:
+        return
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in renames:
+                d.dim_param = renames[d.dim_param]
+
+
 @register("keras", "onnx", "tf2onnx")
 def keras_to_onnx(src: str, out: str, options: ConvertOptions) -> ConverterResult:
     require("tensorflow", "tf", "Keras -> ONNX")
     require("tf2onnx", "tf", "Keras -> ONNX")
     import tensorflow as tf
 
-    from modelport.formats.keras_format import KerasRunner
+    from modelport.formats.keras_format import KerasRunner, flat_outputs
 
     runner = KerasRunner(src, LoadOptions(inputs=options.inputs))
     model = runner.model
@@ -91,10 +127,9 @@ def keras_to_onnx(src: str, out: str, options: ConvertOptions) -> ConverterResul
 
     @tf.function(input_signature=sig)
     def fn(*args):
-        out = model(args[0] if single else list(args), training=False)
-        return out if isinstance(out, (list, tuple)) else [out]
+        return flat_outputs(model(args[0] if single else list(args), training=False))
 
-    return _convert_function(fn, sig, runner.signature.output_names, out, options.opset or DEFAULT_OPSET, src)
+    return _convert_function(fn, sig, runner.signature, out, options.opset or DEFAULT_OPSET, src)
 
 
 @register("savedmodel", "onnx", "tf2onnx")
@@ -116,7 +151,5 @@ def savedmodel_to_onnx(src: str, out: str, options: ConvertOptions) -> Converter
         result = serving(**dict(zip(names, args)))
         return [result[n] for n in out_names]
 
-    return _convert_function(fn, sig, out_names, out, options.opset or DEFAULT_OPSET, src)
+    return _convert_function(fn, sig, runner.signature, out, options.opset or DEFAULT_OPSET, src)
 
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,13 @@ def detect(path: Path) -> bool:
     return bool(names) and "config.json" in names and any(n.startswith("model.weights") for n in names)
 
 
+def quiet_tf_env() -> None:
+    """Keep TensorFlow's C++ INFO/WARNING lines off stderr (read once, when TF is first imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def keras_module():
+    quiet_tf_env()
     require("tensorflow", "tf", "Keras models")
     import keras
 
@@ -60,12 +67,29 @@ def keras_inputs(model) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+def _producer_name(tensor) -> str | None:
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None)
+    return getattr(operation, "name", None)
+
+
 def keras_output_names(model) -> list[str]:
-    names = getattr(model, "output_names", None)
+    """The model's output names: Keras' own, else the layers that produce them, else output_i."""
     outs = model.outputs
-    if names and len(names) == len(outs):
-        return [str(n) for n in names]
+    names = getattr(model, "output_names", None)  # Functional has them; Sequential does not
+    if not names or len(names) != len(outs):
+        names = [_producer_name(t) for t in outs]
+    names = [str(n) if n else "" for n in names]
+    if all(names) and len(set(names)) == len(names):
+        return names
     return [f"output_{i}" for i in range(len(outs))]
+
+
+def flat_outputs(out) -> list:
+    """A Keras call's outputs in ``model.outputs`` order (dicts by sorted key, as keras.tree does)."""
+    import keras
+
+    return list(keras.tree.flatten(out))
 
 
 class KerasRunner(BaseRunner):
@@ -90,9 +114,7 @@ class KerasRunner(BaseRunner):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [np.asarray(feeds[s.name]) for s in self._signature.inputs]
         out = self.model(args if len(args) > 1 else args[0], training=False)
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        if isinstance(out, dict):
-            outs = list(out.values())
+        outs = flat_outputs(out)
         return {s.name: np.asarray(o) for s, o in zip(self._signature.outputs, outs)}
 
 

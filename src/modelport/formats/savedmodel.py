@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,15 @@ def _spec(name: str, t) -> TensorSpec:
     return TensorSpec(name, t.dtype.name, shape)
 
 
+def natural_key(name: str) -> list:
+    """Sort `output_2` before `output_10`."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 def load_signature_fn(path: str):
+    from modelport.formats.keras_format import quiet_tf_env
+
+    quiet_tf_env()
     tf = require("tensorflow", "tf", "TensorFlow SavedModels")
     try:
         loaded = tf.saved_model.load(path)
@@ -41,14 +50,14 @@ class SavedModelRunner(BaseRunner):
     def __init__(self, path: str, options: LoadOptions) -> None:
         super().__init__(path)
         self._loaded, self.fn = load_signature_fn(path)
+        # Signature functions take keyword tensors and return a dict; both are ordered by name,
+        # as TF flattens them (and as TFLite's converter lists them).
         _, kw = self.fn.structured_input_signature
-        order = list(self.fn.function_def.signature.input_arg) if hasattr(self.fn, "function_def") else []
-        names = sorted(kw)
-        inputs = tuple(_spec(n, kw[n]) for n in names)
+        inputs = tuple(_spec(n, kw[n]) for n in sorted(kw, key=natural_key))
         outs = self.fn.structured_outputs
-        out_names = sorted(outs)
-        outputs = tuple(_spec(n, outs[n]) for n in out_names)
-        del order
+        if not isinstance(outs, dict):
+            raise BadInputError("SavedModel serving_default does not return a dict of tensors", path=path)
+        outputs = tuple(_spec(n, outs[n]) for n in sorted(outs, key=natural_key))
         self._signature = Signature(fill_signature(inputs, options.inputs, path), outputs)
 
     @property

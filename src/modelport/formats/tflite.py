@@ -23,6 +23,41 @@ def _clean(name: str) -> str:
     return name.removeprefix("serving_default_")
 
 
+def _unique(names: list[str], details: list[dict]) -> list[str]:
+    """Tensor names made unique: `StatefulPartitionedCall_1:0`/`:1` keep their output index."""
+    if len(set(names)) == len(names):
+        return names
+    return [d["name"].removeprefix("serving_default_").replace(":", "_") for d in details]
+
+
+def io_details(interp) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(name, tensor detail) of each input and output, in order.
+
+    Models from TF's converter carry a signature (`serving_default`) whose keys are the
+    source model's names (`x`, `output_0`): those name the tensors, ordered as the
+    SavedModel runner orders them. Bare flatbuffers fall back to cleaned tensor names.
+    """
+    from modelport.formats.savedmodel import natural_key
+
+    ins = {d["index"]: d for d in interp.get_input_details()}
+    outs = {d["index"]: d for d in interp.get_output_details()}
+    sigs = interp.get_signature_list() or {}
+    key = "serving_default" if "serving_default" in sigs else (next(iter(sigs)) if len(sigs) == 1 else None)
+    if key is not None:
+        runner = interp.get_signature_runner(key)
+        sig_in, sig_out = runner.get_input_details(), runner.get_output_details()
+        if {d["index"] for d in sig_in.values()} == set(ins) and {d["index"] for d in sig_out.values()} == set(outs):
+            return (
+                [(n, ins[sig_in[n]["index"]]) for n in sorted(sig_in, key=natural_key)],
+                [(n, outs[sig_out[n]["index"]]) for n in sorted(sig_out, key=natural_key)],
+            )
+    in_list, out_list = list(ins.values()), list(outs.values())
+    return (
+        list(zip(_unique([_clean(d["name"]) for d in in_list], in_list), in_list)),
+        list(zip(_unique([_clean(d["name"]) for d in out_list], out_list), out_list)),
+    )
+
+
 class TFLiteRunner(BaseRunner):
     format = NAME
 
@@ -31,22 +66,23 @@ class TFLiteRunner(BaseRunner):
         litert = require("ai_edge_litert.interpreter", "tf", "TFLite models")
         try:
             self.interp = litert.Interpreter(model_path=path, num_threads=options.threads or None)
+            named_in, named_out = io_details(self.interp)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BadInputError(f"cannot load TFLite model ({msg})", path=path) from None
-        self._in = self.interp.get_input_details()
-        self._out = self.interp.get_output_details()
-        inputs = tuple(self._spec(d) for d in self._in)
-        outputs = tuple(self._spec(d) for d in self._out)
+        self._in = [d for _, d in named_in]
+        self._out = [d for _, d in named_out]
+        inputs = tuple(self._spec(n, d) for n, d in named_in)
+        outputs = tuple(self._spec(n, d) for n, d in named_out)
         self._signature = Signature(fill_signature(inputs, options.inputs, path), outputs)
         self._allocated_shapes: list[tuple[int, ...]] | None = None
 
     @staticmethod
-    def _spec(d: dict) -> TensorSpec:
+    def _spec(name: str, d: dict) -> TensorSpec:
         sig = d.get("shape_signature")
         dims = sig if sig is not None and len(sig) else d["shape"]
         shape = tuple("batch" if (i == 0 and int(x) < 0) else (int(x) if int(x) >= 0 else None) for i, x in enumerate(dims))
-        return TensorSpec(_clean(d["name"]), np.dtype(d["dtype"]).name, shape)
+        return TensorSpec(name, np.dtype(d["dtype"]).name, shape)
 
     @property
     def signature(self) -> Signature:
