@@ -7,8 +7,11 @@ shape-dependent logic, which is why every conversion is verified at two input sh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import logging
+import re
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
@@ -27,10 +30,60 @@ class Attempt:
     error: str = ""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _ANSI.sub("", str(exc))
+    text = text.split("This is step")[0]  # torch.onnx's "next steps" boilerplate
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    line = " ".join(lines[0].split()) if lines else ""
+    return f"{type(exc).__name__}: {line}".strip().rstrip(":")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while True:
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None or id(nxt) in seen:
+            return exc
+        seen.add(id(nxt))
+        exc = nxt
+
+
 def _short(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = lines[0] if lines else ""
-    return f"{type(exc).__name__}: {text}"[:300]
+    """One line: the error, and its root cause when torch wraps it (the wrapper says little)."""
+    top, root = _first_line(exc), _root_cause(exc)
+    text = top if root is exc else f"{top} ({_first_line(root)})"
+    return text[:400]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress prints, warnings and log records for one attempt."""
+    sink = io.StringIO()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _check_inputs_kept(out_path: str, specs: tuple[TensorSpec, ...]) -> None:
+    """An export that lost graph inputs traced them into constants (e.g. a trip through numpy)."""
+    import onnx
+
+    model = onnx.load(out_path, load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    have = {v.name for v in model.graph.input if v.name not in inits}
+    lost = [s.name for s in specs if s.name not in have]
+    if lost:
+        raise RuntimeError(
+            f"the exported graph lost input(s) {lost}: their values were captured as constants "
+            "(the forward leaves torch, e.g. through numpy or Python numbers)"
+        )
 
 
 def _with_dynamic_batch(specs: tuple[TensorSpec, ...], dynamic_batch: bool) -> tuple[TensorSpec, ...]:
@@ -111,31 +164,38 @@ def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, optio
         out_names = _output_names(model, args) if not isinstance(model, torch.export.ExportedProgram) else None
     except Exception as exc:
         raise BadInputError(f"the model fails on example inputs {[str(s) for s in specs]}: {_short(exc)}", path=src) from None
-    strategies = [("dynamo", _export_dynamo)]
-    if not isinstance(model, torch.export.ExportedProgram):
-        strategies.append(("torchscript", _export_torchscript))
+    if isinstance(model, torch.jit.ScriptModule):
+        strategies = [("torchscript", _export_torchscript)]  # torch.export cannot capture a ScriptModule
+    else:
+        strategies = [("dynamo", _export_dynamo)]
+        if not isinstance(model, torch.export.ExportedProgram):
+            strategies.append(("torchscript", _export_torchscript))
     attempts: list[Attempt] = []
     for name, fn in strategies:
-        sink = io.StringIO()
         try:
-            with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
-                warnings.simplefilter("ignore")
+            with _quiet():
                 fn(model, args, specs, out_path, opset, out_names)
+            _check_inputs_kept(out_path, specs)
         except Exception as exc:
             attempts.append(Attempt(name, False, _short(exc)))
             continue
         attempts.append(Attempt(name, True))
         detail = "; ".join(f"{a.strategy} exporter failed ({a.error})" for a in attempts if not a.ok)
         warns = ()
-        if name == "torchscript":
-            warns = ("used the TorchScript exporter (fallback): it may freeze shape-dependent logic; verified at two shapes",)
+        if name == "torchscript" and len(attempts) > 1:
+            warns = (
+                "the dynamo exporter failed, so the TorchScript exporter (fallback) was used: it may freeze "
+                f"shape-dependent logic; verified at two shapes (dynamo: {attempts[0].error})",
+            )
         return ConverterResult(
             tool=f"torch.onnx ({name} exporter)",
             versions=(("torch", torch.__version__),),
             detail=(detail + "; " if detail else "") + f"{name} exporter, opset {opset}",
             warnings=warns,
         )
-    raise ExportError("export failed: " + "; ".join(f"{a.strategy} exporter: {a.error}" for a in attempts), path=src)
+    raise ExportError(
+        "export failed: " + "; ".join(f"{a.strategy} exporter failed: {a.error}" for a in attempts), path=src
+    )
 
 
 def _specs_or_fail(given: tuple[TensorSpec, ...], declared: tuple[TensorSpec, ...], src: str) -> tuple[TensorSpec, ...]:
