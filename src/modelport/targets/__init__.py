@@ -1,0 +1,7 @@
+"""Target profiles (data files) and the compatibility check of an ONNX model against them."""
+
+from __future__ import annotations
+
+from modelport.targets.profile import OpVersion, Profile, known_targets, load_profile
+
+__all__ = ["OpVersion", "Profile", "known_targets", "load_profile"]
