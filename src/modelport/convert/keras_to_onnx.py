@@ -66,6 +66,11 @@ def _convert_function(fn, input_signature, sig: Signature, out: str, opset: int,
     except Exception as exc:
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         raise ExportError(f"tf2onnx failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:300], path=src) from None
+    unconverted = _unconverted_ops(model_proto)
+    if unconverted:
+        raise ExportError(
+            f"tf2onnx cannot convert TensorFlow op(s) {', '.join(unconverted)} to ONNX opset {opset}", path=src
+        )
     _rename_outputs(model_proto, sig.output_names)
     _name_batch_dims(model_proto, sig)
     import onnx
@@ -76,6 +81,14 @@ def _convert_function(fn, input_signature, sig: Signature, out: str, opset: int,
         versions=(("tensorflow", tf.__version__), ("tf2onnx", tf2onnx.__version__)),
         detail=f"opset {opset}",
     )
+
+
+def _unconverted_ops(model) -> list[str]:
+    """TF ops tf2onnx left in the graph as they were (it logs them and carries on)."""
+    import onnx
+
+    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)}
+    return sorted(ops)
 
 
 def _rename_outputs(model, names: list[str]) -> None:
