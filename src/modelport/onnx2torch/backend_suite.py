@@ -71,6 +71,18 @@ def _disk_data(model: onnx.ModelProto, model_dir: str) -> list:
     return sets
 
 
+def _np(v):
+    if isinstance(v, onnx.TensorProto):
+        return numpy_helper.to_array(v)
+    if isinstance(v, onnx.SequenceProto):
+        return numpy_helper.to_list(v)
+    if isinstance(v, onnx.OptionalProto):
+        return numpy_helper.to_optional(v)
+    if isinstance(v, list):
+        return [_np(x) for x in v]
+    return v
+
+
 def load_cases(group: str, name_filter: str | None = None) -> tuple[list[Case], list[str]]:
     """Cases of one group, and the names of those whose files are missing."""
     from onnx.backend.test.loader import load_model_tests
@@ -96,7 +108,8 @@ def load_cases(group: str, name_filter: str | None = None) -> tuple[list[Case], 
             except Exception:  # noqa: BLE001  (e.g. external data absent from the wheel)
                 missing.append(tc.name)
                 continue
-        cases.append(Case(group, tc.name, model, data or [], tc.rtol, tc.atol))
+        data = [([_np(v) for v in ins], [_np(v) for v in outs]) for ins, outs in (data or [])]
+        cases.append(Case(group, tc.name, model, data, tc.rtol, tc.atol))
     return cases, missing
 
 
@@ -181,7 +194,8 @@ def run_onnxruntime(model: onnx.ModelProto, inputs: list) -> list:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
+    ort.set_default_logger_severity(4)
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     return sess.run(None, dict(zip(names, inputs)))

@@ -9,11 +9,20 @@ from modelport.onnx2torch.codegen import Node, Value, lit
 from modelport.onnx2torch.registry import register
 
 
-def _binary(n: Node, fmt: str) -> None:
+_WIDE_UINTS = {T.UINT16, T.UINT32, T.UINT64}
+
+
+def _binary(n: Node, fmt: str, result_same: bool = True, literals: bool = True) -> None:
     c0 = n.const(0)
-    a_lit = c0 is not None and c0.ndim == 0 and n.val(1).kind == "tensor"
+    a_lit = (literals and fmt.startswith("{a} ") and c0 is not None and c0.ndim == 0
+             and n.val(1).kind == "tensor")
     a = n.x(0, scalar_ok=a_lit)
-    b = n.x(1, scalar_ok=not a_lit)
+    b = n.x(1, scalar_ok=literals and not a_lit)
+    dt = n.dtype(0)
+    if dt in _WIDE_UINTS:  # torch has few kernels for uint16/32/64: compute in int64
+        expr = fmt.format(a=f"{a}.long()", b=f"{b}.long()")
+        n.assign(f"({expr}).to({dtypes.torch_dtype(dt)})" if result_same else expr)
+        return
     n.assign(fmt.format(a=a, b=b))
 
 
@@ -87,8 +96,7 @@ _COMPARE = {"Equal": "torch.eq", "Less": "torch.lt", "Greater": "torch.gt",
 
 def _make_binary(op: str, fn: str, since: int) -> None:
     def conv(n: Node) -> None:
-        a, b = n.x(0), n.x(1)
-        n.assign(f"{fn}({a}, {b})")
+        _binary(n, fn + "({a}, {b})", result_same=fn.startswith("torch.bitwise"), literals=False)
 
     conv.__name__ = f"{op.lower()}_{since}"
     register(op, since)(conv)
@@ -101,7 +109,7 @@ for _op, _fn in _COMPARE.items():
 @register("BitShift", since=11)
 def bitshift_11(n: Node) -> None:
     sym = "<<" if n.attr("direction") == "LEFT" else ">>"
-    n.assign(f"{n.x(0)} {sym} {n.x(1)}")
+    _binary(n, "{a} %s {b}" % sym)
 
 
 _UNARY = {
@@ -126,7 +134,11 @@ def _make_unary(op: str, fmt: str) -> None:
         if op == "Identity" and v.kind in ("shape", "scalar", "seq", "none"):
             n.set(0, v)
             return
-        n.assign(fmt.format(x=n.x(0)))
+        x = n.x(0)
+        if n.dtype(0) in _WIDE_UINTS and op not in ("Identity",):
+            n.assign(_wide(n, fmt.format(x=f"{x}.long()")))
+            return
+        n.assign(fmt.format(x=x))
 
     conv.__name__ = f"{op.lower()}_7"
     register(op, 1 if op in ("Identity", "Not") else 6)(conv)
@@ -238,20 +250,27 @@ def clip_11(n: Node) -> None:
 
 def _variadic(n: Node, fn: str) -> str:
     xs = n.xs()
+    if n.dtype(0) in _WIDE_UINTS:
+        xs = [f"{x}.long()" for x in xs]
     expr = xs[0]
     for x in xs[1:]:
         expr = f"{fn}({expr}, {x})"
     return expr
 
 
+def _wide(n: Node, expr: str) -> str:
+    dt = n.dtype(0)
+    return f"({expr}).to({dtypes.torch_dtype(dt)})" if dt in _WIDE_UINTS else expr
+
+
 @register("Max", since=8)
 def max_8(n: Node) -> None:
-    n.assign(_variadic(n, "torch.maximum"))
+    n.assign(_wide(n, _variadic(n, "torch.maximum")))
 
 
 @register("Min", since=8)
 def min_8(n: Node) -> None:
-    n.assign(_variadic(n, "torch.minimum"))
+    n.assign(_wide(n, _variadic(n, "torch.minimum")))
 
 
 @register("Sum", since=8)

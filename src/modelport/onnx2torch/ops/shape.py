@@ -224,7 +224,7 @@ def _slice(n: Node, starts, ends, axes, steps) -> None:
     if consts:
         axes = axes if axes is not None else list(range(len(starts)))
         steps = steps if steps is not None else [1] * len(starts)
-        if v.kind == "shape" and axes in ([0], [-1]) and steps == [1]:
+        if v.kind == "shape" and axes in ([0], [-1]) and steps == [1] and not isinstance(ends[0], str):
             s, e = starts[0], ends[0]
             sl = f"{s if s else ''}:{'' if e >= 2**31 else e}"
             items = None
@@ -239,7 +239,7 @@ def _slice(n: Node, starts, ends, axes, steps) -> None:
             idx = [":"] * (max(axes) + 1)
             for s, e, a, st in zip(starts, ends, axes, steps):
                 s_txt = "" if s == 0 else str(max(s, -2**62))
-                e_txt = "" if e >= 2**31 else str(e)
+                e_txt = e if isinstance(e, str) else ("" if e >= 2**31 else str(e))
                 idx[a] = f"{s_txt}:{e_txt}" + (f":{st}" if st != 1 else "")
             while idx and idx[-1] == ":":
                 idx.pop()
@@ -247,6 +247,8 @@ def _slice(n: Node, starts, ends, axes, steps) -> None:
             return
     x = n.x(0)
     def src(a):
+        if isinstance(a, list) and a and isinstance(a[0], str):
+            return "[" + ", ".join(a) + "]"
         return "None" if a is None else (lit(a) if isinstance(a, list) else a)
     n.assign(f"{n.helper('_slice')}({x}, {src(starts)}, {src(ends)}, {src(axes)}, {src(steps)})")
 
@@ -262,6 +264,8 @@ def slice_10(n: Node) -> None:
         if not n.has(i):
             return None
         c = n.const_ints(i)
+        if c is None and i == 2 and n.int_items(i) is not None:
+            return n.int_items(i)
         return c if c is not None else n.ints(i)
     _slice(n, get(1), get(2), get(3), get(4))
 
