@@ -1,0 +1,187 @@
+"""Opset conversion: onnx's version converter, plus our own adapters where it fails.
+
+Where ``onnx.version_converter`` fails today, and what we do first:
+
+- an op that does not exist at the target opset (Gelu < 20, LayerNormalization < 17,
+  HardSwish < 14, Mish < 18): its exact decomposition rule rewrites it into primitive ops;
+- ``ReduceX``-18 / ``Squeeze``/``Unsqueeze``/``Split``-13 with axes from a ``Constant`` node:
+  the converter only reads initializers, so constants are lifted into initializers;
+- ``Reshape``-14 down to 13 (no adapter at all): the node is held out of the conversion in a
+  private domain and put back without ``allowzero``, which is exact when ``allowzero`` is 0 or
+  the target shape is a constant without zeros; otherwise no automatic fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import onnx.defs
+import onnx_ir as ir
+from onnx import numpy_helper
+
+from modelport.errors import BadInputError, UnsupportedError
+
+__all__ = ["MIN_OPSET", "max_opset", "model_opset", "convert_opset", "OpsetResult", "missing_at"]
+
+MIN_OPSET = 7  # the lowest opset current runtimes (onnxruntime) load
+HOLD_DOMAIN = "modelport.hold"
+
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def model_opset(model: onnx.ModelProto, domain: str = "") -> int | None:
+    for imp in model.opset_import:
+        if imp.domain in ((domain, "ai.onnx") if domain == "" else (domain,)):
+            return int(imp.version)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OpsetResult:
+    model: onnx.ModelProto
+    src: int
+    dst: int
+    rewrites: tuple[str, ...]  # rule keys applied to make the conversion possible
+    notes: tuple[str, ...]
+
+
+def missing_at(op_type: str, opset: int, domain: str = "") -> bool:
+    """True when ``op_type`` has no schema at ``opset`` (it was introduced later)."""
+    try:
+        onnx.defs.get_schema(op_type, opset, domain)
+        return False
+    except onnx.defs.SchemaError:
+        return True
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            for g in a.graphs:
+                yield from _all_nodes(g)
+
+
+def _decompose_missing(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, list[str]]:
+    from modelport.passes.adapt.rules import apply_rule, find_rule
+
+    missing = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain in ("", "ai.onnx") and missing_at(n.op_type, target)})
+    if not missing:
+        return model, []
+    no_rule = [op for op in missing if find_rule(op, "decompose") is None]
+    if no_rule:
+        names = [f"{n.name or '?'} ({n.op_type})" for n in _all_nodes(model.graph) if n.op_type in no_rule][:8]
+        raise UnsupportedError(f"opset {target} has no {', '.join(no_rule)} and modelport has no exact decomposition for it "
+                               f"(nodes: {', '.join(names)}); no automatic fix")
+    irm = ir.serde.deserialize_model(model)
+    applied = []
+    for op in missing:
+        res = apply_rule(irm, find_rule(op, "decompose"))
+        if res.skipped:
+            node, why = res.skipped[0]
+            raise UnsupportedError(f"cannot decompose {op} node {node!r} for opset {target}: {why}")
+        applied.append(res.rule)
+    return ir.serde.serialize_model(irm), applied
+
+
+def _lift_constants(model: onnx.ModelProto) -> None:
+    """Constant nodes of the main graph -> initializers (the version converter reads only those)."""
+    outputs = {o.name for o in model.graph.output}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs and len(node.attribute) == 1:
+            a = node.attribute[0]
+            value = None
+            if a.name == "value":
+                value = numpy_helper.to_array(a.t)
+            elif a.name == "value_ints":
+                value = np.array(list(a.ints), dtype=np.int64)
+            elif a.name == "value_int":
+                value = np.array(a.i, dtype=np.int64)
+            elif a.name == "value_floats":
+                value = np.array(list(a.floats), dtype=np.float32)
+            elif a.name == "value_float":
+                value = np.array(a.f, dtype=np.float32)
+            if value is not None:
+                model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def _hold_reshapes(model: onnx.ModelProto, target: int) -> int:
+    """Move Reshape nodes out of the converter's way when crossing opset 14 downwards."""
+    consts = _constant_values(model)
+    held = 0
+    for node in _all_nodes(model.graph):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+            continue
+        allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+        if allowzero:
+            shape = consts.get(node.input[1])
+            if shape is None or (shape == 0).any():
+                raise UnsupportedError(f"Reshape node {node.name!r} uses allowzero=1 with a shape that may contain 0, "
+                                       f"which opset {target} cannot express; no automatic fix")
+        for a in list(node.attribute):
+            if a.name == "allowzero":
+                node.attribute.remove(a)
+        node.domain = HOLD_DOMAIN
+        held += 1
+    if held:
+        model.opset_import.add(domain=HOLD_DOMAIN, version=1)
+    return held
+
+
+def _release(model: onnx.ModelProto) -> None:
+    for node in _all_nodes(model.graph):
+        if node.domain == HOLD_DOMAIN:
+            node.domain = ""
+    for imp in list(model.opset_import):
+        if imp.domain == HOLD_DOMAIN:
+            model.opset_import.remove(imp)
+
+
+def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
+    """Convert the default-domain opset of ``model`` to ``target``, up or down.
+
+    Raises:
+        BadInputError: ``target`` is outside the opsets onnx knows (``MIN_OPSET``..latest).
+        UnsupportedError: an op cannot be expressed at ``target`` (the message names the nodes).
+    """
+    top = max_opset()
+    if not MIN_OPSET <= target <= top:
+        raise BadInputError(f"opset {target} is impossible: it must be between {MIN_OPSET} and {top} (the newest onnx {onnx.__version__} knows)")
+    src = model_opset(model) or 1
+    if target == src:
+        return OpsetResult(model, src, target, (), ())
+    notes: list[str] = []
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    applied: list[str] = []
+    if target < src:
+        work, applied = _decompose_missing(work, target)
+        _lift_constants(work)
+        if src >= 14 > target and _hold_reshapes(work, target):
+            notes.append("Reshape nodes kept as they are (allowzero dropped: exact here)")
+    try:
+        out = onnx.version_converter.convert_version(work, target)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())
+        raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {target}: {msg}") from None
+    _release(out)
+    try:
+        onnx.checker.check_model(out)
+    except onnx.checker.ValidationError as exc:
+        raise UnsupportedError(f"the model at opset {target} is invalid: {' '.join(str(exc).split())[:300]}") from None
+    return OpsetResult(out, src, target, tuple(applied), tuple(notes))

@@ -1,0 +1,178 @@
+"""Int8 and int4 quantization of ONNX models with onnxruntime.quantization (used, not rewritten).
+
+    dynamic: weights int8 ahead of time, activations quantized at run time (MatMulInteger, …)
+    static:  weights and activations int8 (QDQ format), activation ranges from calibration
+             data: w_q = round(w / s) with s = max|w| / 127 (per output channel if asked),
+             x_q = round(x / s_x) + z_x with [min, max] of x from minmax, entropy or percentile
+    int4:    weight-only blockwise 4-bit MatMulNBits for MatMuls with constant weights:
+             w_q = round(w / s_b) + z_b per block of ``block_size`` values along K
+
+Every function reads a model file and writes one; ``exclude`` names nodes left in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from modelport.errors import BadInputError, UnsupportedError
+
+__all__ = [
+    "MODES",
+    "CALIBRATION_METHODS",
+    "preprocess",
+    "name_nodes",
+    "quantizable_nodes",
+    "quantize_dynamic",
+    "quantize_static",
+    "quantize_int4",
+    "batches",
+]
+
+MODES = ("dynamic", "static", "fp16", "int4")
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# The ops whose weights dominate size and compute: the layers accuracy control ranks.
+WEIGHT_OPS = {"dynamic": ("Conv", "Gemm", "MatMul"), "static": ("Conv", "Gemm", "MatMul"),
+              "fp16": ("Conv", "Gemm", "MatMul"), "int4": ("MatMul",)}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantizer prints and logs freely; keep the CLI's output ours."""
+    import logging
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def preprocess(src: str | Path, dst: str | Path) -> list[str]:
+    """onnxruntime's quantization pre-processing (graph optimization, shape inference); notes.
+
+    Symbolic shape inference fails on some graphs; then ONNX shape inference alone is used.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _quiet():
+        try:
+            quant_pre_process(str(src), str(dst))
+            return []
+        except Exception as exc:
+            first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            return [f"quantization pre-processing without symbolic shape inference ({first[:160]})"]
+        except Exception as exc:
+            raise UnsupportedError(f"onnxruntime's quantization pre-processing failed: {type(exc).__name__}: {exc}"[:400]) from None
+
+
+def name_nodes(model) -> int:
+    """Give every unnamed node a unique name (nodes_to_exclude works by name); how many were named."""
+    seen = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in seen:
+                name += "_"
+            node.name = name
+            seen.add(name)
+            named += 1
+    return named
+
+
+def _constant_names(model) -> set[str]:
+    names = {t.name for t in model.graph.initializer}
+    names.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    return names
+
+
+def quantizable_nodes(model, mode: str) -> list[str]:
+    """Names of the weight-carrying nodes a mode quantizes, in graph order."""
+    consts = _constant_names(model)
+    ops = WEIGHT_OPS[mode]
+    out = []
+    for node in model.graph.node:
+        if node.op_type in ops and any(i in consts for i in node.input[:2]):
+            out.append(node.name)
+    return out
+
+
+def batches(feeds: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+    """Split feed dicts along axis 0 into chunks of at most ``size`` samples."""
+    n = len(next(iter(feeds.values())))
+    return [{k: v[i:i + size] for k, v in feeds.items()} for i in range(0, n, size)]
+
+
+def _reader(chunks: Sequence[dict[str, np.ndarray]]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Chunks(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(chunks)
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(chunks)
+
+    return _Chunks()
+
+
+def quantize_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = True, exclude: Iterable[str] = ()) -> None:
+    """Int8 weights, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_dynamic
+
+    with _quiet():
+        ort_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=sorted(exclude))
+
+
+def quantize_static(
+    src: str | Path,
+    dst: str | Path,
+    calibration: Sequence[dict[str, np.ndarray]],
+    *,
+    method: str = "minmax",
+    per_channel: bool = True,
+    exclude: Iterable[str] = (),
+) -> None:
+    """Int8 weights and activations in QDQ format, ranges calibrated on ``calibration`` chunks."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_static
+
+    if method not in CALIBRATION_METHODS:
+        raise BadInputError(f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}")
+    with _quiet():
+        ort_static(
+            str(src), str(dst), _reader(calibration), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude),
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+
+
+def quantize_int4(src: str | Path, dst: str | Path, *, block_size: int = 32, exclude: Iterable[str] = ()) -> int:
+    """Blockwise int4 weight-only MatMulNBits; returns how many MatMuls were quantized."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    with _quiet():
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+                                         nodes_to_exclude=sorted(exclude))
+        quantizer.process()
+    out = quantizer.model.model
+    count = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+    onnx.save(out, str(dst))
+    return count
