@@ -198,3 +198,18 @@ def test_bad_savedmodel_fails_convert_naming_the_directory(tmp_path):
     assert info.value.exit_code == 2
     assert str(info.value).startswith(f"{bad}: cannot load SavedModel")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_dict_input_model_is_fed_by_name(tmp_path):
+    import keras
+
+    # Keys deliberately out of sorted order: Keras flattens dict inputs by sorted key.
+    b_in, a_in = keras.Input((3,), name="b_in"), keras.Input((2,), name="a_in")
+    joined = keras.layers.Concatenate(name="concat")([b_in, a_in])
+    src = tmp_path / "dict_inputs.keras"
+    keras.Model({"b_in": b_in, "a_in": a_in}, keras.layers.Dense(2, name="out")(joined)).save(src)
+    report = convert(src, "onnx", tmp_path / "dict_inputs.onnx")
+    assert report, report.parity.summary()
+    inputs, outputs = _graph_io(report.artifact.path)
+    assert inputs == [("a_in", ["batch", 2]), ("b_in", ["batch", 3])]
+    assert outputs == [("out", ["batch", 2])]

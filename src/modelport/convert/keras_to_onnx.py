@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 
@@ -64,8 +65,7 @@ def _convert_function(fn, input_signature, sig: Signature, out: str, opset: int,
                 fn, input_signature=input_signature, opset=opset, output_path=None
             )
     except Exception as exc:
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        raise ExportError(f"tf2onnx failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:300], path=src) from None
+        raise ExportError(f"tf2onnx failed: {_reason(exc)}"[:300], path=src) from None
     unconverted = _unconverted_ops(model_proto)
     if unconverted:
         raise ExportError(
@@ -81,6 +81,21 @@ def _convert_function(fn, input_signature, sig: Signature, out: str, opset: int,
         versions=(("tensorflow", tf.__version__), ("tf2onnx", tf2onnx.__version__)),
         detail=f"opset {opset}",
     )
+
+
+def _reason(exc: Exception) -> str:
+    """One line saying why: TF's "in user code:" errors bury it under a traceback."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return type(exc).__name__
+    if lines[0] == "in user code:":
+        found = [i for i, ln in enumerate(lines) if re.match(r"^[A-Za-z_.]+(Error|Exception): ", ln)]
+        if found:
+            i = found[-1]
+            tail = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("Arguments") else ""
+            return f"{lines[i]} {tail}".strip()
+    return f"{type(exc).__name__}: {lines[0]}"
 
 
 def _unconverted_ops(model) -> list[str]:
@@ -130,17 +145,16 @@ def keras_to_onnx(src: str, out: str, options: ConvertOptions) -> ConverterResul
     require("tf2onnx", "tf", "Keras -> ONNX")
     import tensorflow as tf
 
-    from modelport.formats.keras_format import KerasRunner, flat_outputs
+    from modelport.formats.keras_format import KerasRunner, call_model, flat_outputs
 
     runner = KerasRunner(src, LoadOptions(inputs=options.inputs))
     model = runner.model
     specs = runner.signature.inputs
     sig = _tf_specs(specs, options.dynamic_batch)
-    single = len(specs) == 1
 
     @tf.function(input_signature=sig)
     def fn(*args):
-        return flat_outputs(model(args[0] if single else list(args), training=False))
+        return flat_outputs(call_model(model, list(args)))
 
     return _convert_function(fn, sig, runner.signature, out, options.opset or DEFAULT_OPSET, src)
 

@@ -85,6 +85,16 @@ def keras_output_names(model) -> list[str]:
     return [f"output_{i}" for i in range(len(outs))]
 
 
+def call_model(model, arrays: list):
+    """Call a Keras model on its inputs (in ``model.inputs`` order), packed as the model expects them."""
+    import keras
+
+    struct = getattr(model, "_inputs_struct", None)  # Functional: a tensor, a list or a dict of inputs
+    if struct is not None:
+        return model(keras.tree.pack_sequence_as(struct, list(arrays)), training=False)
+    return model(arrays[0] if len(arrays) == 1 else list(arrays), training=False)
+
+
 def flat_outputs(out) -> list:
     """A Keras call's outputs in ``model.outputs`` order (dicts by sorted key, as keras.tree does)."""
     import keras
@@ -113,8 +123,7 @@ class KerasRunner(BaseRunner):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [np.asarray(feeds[s.name]) for s in self._signature.inputs]
-        out = self.model(args if len(args) > 1 else args[0], training=False)
-        outs = flat_outputs(out)
+        outs = flat_outputs(call_model(self.model, args))
         return {s.name: np.asarray(o) for s, o in zip(self._signature.outputs, outs)}
 
 
