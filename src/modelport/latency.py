@@ -4,6 +4,12 @@ Runs are interleaved across models (A, B, C, A, B, C, ...) so that machine noise
 processes, frequency scaling, thermal drift) falls on every model alike; the ratio column
 compares each model's median with the first model's at the same batch size.
 
+Models sharing a process must not steal each other's cores between runs: onnxruntime's
+pool threads and OpenMP's (torch) spin-wait after each run by default. With several models,
+onnxruntime sessions are rebuilt with spinning off, and OMP_WAIT_POLICY=PASSIVE is set when
+torch is not loaded yet (measured on a busy 2-core machine: a small torch CNN took 0.5 ms
+alone and 100-240 ms interleaved with spinning onnxruntime threads).
+
     p50, p90, mean: per-run wall time in ms, numpy in -> numpy out
     throughput:     batch / p50, in samples per second
     ratio:          p50 / p50 of the baseline (the first model measured at that batch)
@@ -175,6 +181,25 @@ def _prepare_frameworks(models: Sequence[str | Runner], threads: int | None) -> 
             import torch  # noqa: F401
 
 
+def _no_spinning(runner: Runner, notes: list[str]) -> None:
+    """Rebuild an onnxruntime session whose idle threads sleep instead of spinning.
+
+    By default onnxruntime's pool threads spin for a while after each run; interleaved with
+    another model in the same process they steal its cores (measured: a torch CNN 300x slower).
+    """
+    session = getattr(runner, "session", None)
+    if getattr(runner, "format", None) != "onnx" or session is None:
+        return
+    import onnxruntime as ort
+
+    so = session.get_session_options()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    runner.session = ort.InferenceSession(runner.path, sess_options=so, providers=session.get_providers())
+    if not any("spinning" in n for n in notes):
+        notes.append("onnxruntime thread spinning disabled, so that interleaved models do not steal each other's cores")
+
+
 def _stats(times_ns: list[int], batch: int) -> dict[str, float]:
     ms = np.asarray(times_ns, dtype=np.float64) / 1e6
     p50 = float(np.percentile(ms, 50))
@@ -232,6 +257,10 @@ def bench(
     notes: list[str] = []
     opts = [dataclasses.replace(o or LoadOptions(), threads=threads or (o.threads if o else None))
             for o in (options or [None] * len(models))]
+    if len(models) > 1 and "torch" not in sys.modules:
+        # OpenMP threads that spin-wait between runs steal cores from the interleaved models
+        # (and collapse under oversubscription); read once, when torch loads libgomp.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _prepare_frameworks(models, threads)
     rows: list[BenchRow] = []
     with contextlib.ExitStack() as stack, _threads(threads, notes):
@@ -240,6 +269,8 @@ def bench(
             if isinstance(m, str):
                 say(f"loading {m}")
                 runners.append(stack.enter_context(open_runner(m, options=o)))
+                if len(models) > 1:
+                    _no_spinning(runners[-1], notes)
             else:
                 runners.append(m)
         names = tuple(str(getattr(r, "path", f"model {i}")) for i, r in enumerate(runners))
