@@ -120,27 +120,75 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
-def _hold_reshapes(model: onnx.ModelProto, target: int) -> int:
-    """Move Reshape nodes out of the converter's way when crossing opset 14 downwards."""
+def _signature(schema) -> tuple:
+    attrs = tuple(sorted((a.name, a.required, int(a.type)) for a in schema.attributes.values()))
+    ins = tuple((i.name, int(i.option)) for i in schema.inputs)
+    outs = tuple((o.name, int(o.option)) for o in schema.outputs)
+    return attrs, ins, outs
+
+
+def _changed_type_only(op: str, version: int) -> bool:
+    """True when ``op``'s schema at ``version`` differs from the one before only in its type constraints."""
+    try:
+        new = onnx.defs.get_schema(op, version, "")
+        old = onnx.defs.get_schema(op, version - 1, "")
+    except onnx.defs.SchemaError:
+        return False
+    return _signature(new) == _signature(old)
+
+
+def _strip_default_noop(model: onnx.ModelProto) -> None:
+    """``noop_with_empty_axes=0`` is the default; the converter's axes adapters leave it behind."""
+    for node in _all_nodes(model.graph):
+        if node.op_type.startswith("Reduce"):
+            for a in list(node.attribute):
+                if a.name == "noop_with_empty_axes" and a.i == 0:
+                    node.attribute.remove(a)
+
+
+def _hold_step(model: onnx.ModelProto, version: int, down: bool) -> int:
+    """Before the converter crosses the boundary at ``version``: hold the nodes it has no adapter for
+    but which need none (a type-only schema change; Reshape-14 without allowzero)."""
     consts = _constant_values(model)
     held = 0
     for node in _all_nodes(model.graph):
-        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):
             continue
-        allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
-        if allowzero:
-            shape = consts.get(node.input[1])
-            if shape is None or (shape == 0).any():
-                raise UnsupportedError(f"Reshape node {node.name!r} uses allowzero=1 with a shape that may contain 0, "
-                                       f"which opset {target} cannot express; no automatic fix")
-        for a in list(node.attribute):
-            if a.name == "allowzero":
-                node.attribute.remove(a)
+        try:
+            changed = onnx.defs.get_schema(node.op_type, version, "").since_version == version
+        except onnx.defs.SchemaError:
+            continue
+        if not changed:
+            continue
+        if node.op_type == "Reshape" and version == 14 and down:
+            allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+            if allowzero:
+                shape = consts.get(node.input[1])
+                if shape is None or (shape == 0).any():
+                    raise UnsupportedError(f"Reshape node {node.name!r} uses allowzero=1 with a shape that may contain 0, "
+                                           f"which opset 13 cannot express; no automatic fix")
+            for a in list(node.attribute):
+                if a.name == "allowzero":
+                    node.attribute.remove(a)
+        elif not _changed_type_only(node.op_type, version):
+            continue
         node.domain = HOLD_DOMAIN
         held += 1
     if held:
         model.opset_import.add(domain=HOLD_DOMAIN, version=1)
     return held
+
+
+def _step(model: onnx.ModelProto, src: int, dst: int) -> tuple[onnx.ModelProto, int]:
+    boundary = max(src, dst)
+    held = _hold_step(model, boundary, down=dst < src)
+    try:
+        out = onnx.version_converter.convert_version(model, dst)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())
+        raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {dst}: {msg}") from None
+    _release(out)
+    return out, held
 
 
 def _release(model: onnx.ModelProto) -> None:
@@ -172,14 +220,15 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
     if target < src:
         work, applied = _decompose_missing(work, target)
         _lift_constants(work)
-        if src >= 14 > target and _hold_reshapes(work, target):
-            notes.append("Reshape nodes kept as they are (allowzero dropped: exact here)")
-    try:
-        out = onnx.version_converter.convert_version(work, target)
-    except Exception as exc:
-        msg = " ".join(str(exc).split())
-        raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {target}: {msg}") from None
-    _release(out)
+    _strip_default_noop(work)
+    held = 0
+    step = -1 if target < src else 1
+    for v in range(src, target, step):
+        work, n = _step(work, v, v + step)
+        held += n
+    out = work
+    if held:
+        notes.append(f"{held} node(s) kept as they are where their op changed only its types (Reshape-14: allowzero dropped, exact here)")
     try:
         onnx.checker.check_model(out)
     except onnx.checker.ValidationError as exc:
