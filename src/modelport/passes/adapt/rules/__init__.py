@@ -75,7 +75,7 @@ class Rule:
     op_type: str
     name: str
     exact: bool
-    emits: tuple[str, ...]
+    emits: tuple[str, ...]  # the ops it always emits (Cast for fp16 LayerNormalization etc. aside)
     rewrite: Callable[[Emitter, ir.Node], list[ir.Value]]
     check: Callable[[ir.Node, int], Verdict] = lambda node, opset: OK
     doc: str = ""

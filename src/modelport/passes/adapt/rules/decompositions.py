@@ -33,7 +33,7 @@ def _layernorm_check(node: ir.Node, opset: int) -> Verdict:
     return OK
 
 
-@register("LayerNormalization", "decompose", exact=True, emits=("ReduceMean", "Sub", "Mul", "Add", "Sqrt", "Div", "Cast", "Reciprocal"),
+@register("LayerNormalization", "decompose", exact=True, emits=("ReduceMean", "Sub", "Mul", "Add", "Sqrt", "Div"),
           check=_layernorm_check)
 def layer_normalization(e: Emitter, node: ir.Node) -> list[ir.Value | None]:
     """LayerNormalization -> ReduceMean, Sub, Mul, Add, Sqrt, Div."""
@@ -63,7 +63,7 @@ def layer_normalization(e: Emitter, node: ir.Node) -> list[ir.Value | None]:
     return outs
 
 
-@register("Gelu", "decompose", exact=True, emits=("Mul", "Erf", "Add", "Tanh", "Pow"))
+@register("Gelu", "decompose", exact=True, emits=("Mul", "Erf", "Add"))
 def gelu(e: Emitter, node: ir.Node) -> list[ir.Value]:
     """Gelu -> Mul, Erf, Add (tanh form: Mul, Tanh, Add when approximate='tanh')."""
     x = node.inputs[0]
