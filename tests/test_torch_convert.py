@@ -215,14 +215,3 @@ def test_cli_convert_static_batch_no_verify(cli, cnn, tmp_path):
     assert json.loads(res.stdout)["parity"] is None
     assert _onnx_input_dims(out) == [[1, 3, 32, 32]]
 
-
-def test_cli_export_failure_exit_3(cli, tmp_path):
-    model = zoo.write_unexportable_model(tmp_path / "m")
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "x.onnx", "--input", model.inputs[0])
-    assert res.exit_code == 3
-    line = res.stderr.strip()
-    assert line.startswith("modelport: error:") and "\n" not in line
-    assert "dynamo exporter failed" in line and "torchscript exporter failed" in line
-    assert list(out_dir.iterdir()) == []

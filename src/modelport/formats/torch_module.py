@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ def load_state_dict(path: str) -> dict[str, Any]:
         except Exception as exc:
             raise BadInputError(f"corrupt safetensors file ({exc})", path=path) from None
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": we refuse what it cannot read
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "pickle" in str(exc).lower():
             raise UnsafeError(
@@ -94,12 +97,40 @@ def build_module(spec: str, weights: str | None) -> Any:
         raise BadInputError(f"{spec} is not an nn.Module (got {type(module).__name__})")
     if weights:
         state = load_state_dict(weights)
+        problem = state_dict_mismatch(module, state)
+        if problem:
+            raise BadInputError(f"weights do not fit {spec}: {problem}", path=weights)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise BadInputError(f"weights do not fit {spec}: {' '.join(first[:2])}", path=weights) from None
+            first = " ".join(str(exc).split())
+            raise BadInputError(f"weights do not fit {spec}: {first[:300]}", path=weights) from None
     return module.eval()
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def state_dict_mismatch(module: Any, state: dict[str, Any]) -> str:
+    """Why a state_dict does not fit a module, in one short line ('' when it fits)."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [
+        f"{k} {'x'.join(map(str, state[k].shape))} vs {'x'.join(map(str, v.shape))}"
+        for k, v in want.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (file vs module): {_some(shapes)}")
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_some(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_some(unexpected)}")
+    return "; ".join(parts)
 
 
 class TorchModuleRunner(TorchCallableRunner):
