@@ -84,6 +84,7 @@ def to_nhwc(model: ir.Model, names: list[str] | None = None) -> Boundary:
     chosen = _floats(model, names, rank=4)
     if not chosen:
         raise BadInputError("--layout nhwc: the model has no rank-4 float input to transpose")
+    names = tuple(v.name for v in chosen)
     for v in chosen:
         if v.shape is None or len(v.shape) != 4:
             raise BadInputError(f"--layout nhwc: input {v.name!r} is not rank 4")
@@ -92,7 +93,7 @@ def to_nhwc(model: ir.Model, names: list[str] | None = None) -> Boundary:
         node = _node("Transpose", [new], f"{v.name}/to_nchw", perm=[0, 3, 1, 2])
         node.outputs[0].shape, node.outputs[0].dtype = v.shape, v.dtype
         _swap_input(model.graph, v, new, [node], node.outputs[0])
-    return Boundary("layout", tuple(v.name for v in chosen), {"layout": "nhwc"})
+    return Boundary("layout", names, {"layout": "nhwc"})
 
 
 def parse_normalize(text: str) -> dict[str, list[float] | float | str]:
@@ -127,6 +128,7 @@ def normalize(model: ir.Model, mean: list[float], std: list[float], scale: float
     if len(chosen) != 1:
         raise BadInputError(f"--normalize: say which input with input=NAME (float inputs: {[v.name for v in chosen]})")
     v = chosen[0]
+    name = v.name
     if len(mean) != len(std):
         raise BadInputError(f"--normalize: mean has {len(mean)} values, std has {len(std)}")
     rank = len(v.shape) if v.shape is not None else None
@@ -153,7 +155,7 @@ def normalize(model: ir.Model, mean: list[float], std: list[float], scale: float
     out = nodes[-1].outputs[0]
     out.shape, out.dtype = v.shape, v.dtype
     _swap_input(model.graph, v, new, nodes, out)
-    return Boundary("normalize", (v.name,), {"mean": list(mean), "std": list(std), "scale": scale, "axis": axis})
+    return Boundary("normalize", (name,), {"mean": list(mean), "std": list(std), "scale": scale, "axis": axis})
 
 
 _DTYPES = {"float16": ir.DataType.FLOAT16, "float32": ir.DataType.FLOAT, "bfloat16": ir.DataType.BFLOAT16}
@@ -169,11 +171,11 @@ def set_io_dtype(model: ir.Model, dtype: str) -> Boundary:
     for v in list(graph.inputs):
         if v.dtype is None or not v.dtype.is_floating_point() or v.dtype == want:
             continue
+        touched.append(v.name)
         new = ir.Value(name=v.name + ".cast", type=ir.TensorType(want), shape=v.shape)
         node = _node("Cast", [new], f"{v.name}/cast_in", to=v.dtype)
         node.outputs[0].shape, node.outputs[0].dtype = v.shape, v.dtype
         _swap_input(graph, v, new, [node], node.outputs[0])
-        touched.append(v.name)
     for i, v in enumerate(list(graph.outputs)):
         if v.dtype is None or not v.dtype.is_floating_point() or v.dtype == want:
             continue

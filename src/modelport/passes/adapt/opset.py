@@ -146,7 +146,7 @@ def _strip_default_noop(model: onnx.ModelProto) -> None:
                     node.attribute.remove(a)
 
 
-def _hold_step(model: onnx.ModelProto, version: int, down: bool) -> int:
+def _hold_step(model: onnx.ModelProto, version: int, down: bool, dropped: list[str]) -> int:
     """Before the converter crosses the boundary at ``version``: hold the nodes it has no adapter for
     but which need none (a type-only schema change; Reshape-14 without allowzero)."""
     consts = _constant_values(model)
@@ -170,6 +170,7 @@ def _hold_step(model: onnx.ModelProto, version: int, down: bool) -> int:
             for a in list(node.attribute):
                 if a.name == "allowzero":
                     node.attribute.remove(a)
+                    dropped.append(node.name)
         elif not _changed_type_only(node.op_type, version):
             continue
         node.domain = HOLD_DOMAIN
@@ -179,9 +180,9 @@ def _hold_step(model: onnx.ModelProto, version: int, down: bool) -> int:
     return held
 
 
-def _step(model: onnx.ModelProto, src: int, dst: int) -> tuple[onnx.ModelProto, int]:
+def _step(model: onnx.ModelProto, src: int, dst: int, dropped: list[str]) -> tuple[onnx.ModelProto, int]:
     boundary = max(src, dst)
-    held = _hold_step(model, boundary, down=dst < src)
+    held = _hold_step(model, boundary, dst < src, dropped)
     try:
         out = onnx.version_converter.convert_version(model, dst)
     except Exception as exc:
@@ -221,14 +222,17 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
         work, applied = _decompose_missing(work, target)
         _lift_constants(work)
     _strip_default_noop(work)
+    dropped: list[str] = []
     held = 0
     step = -1 if target < src else 1
     for v in range(src, target, step):
-        work, n = _step(work, v, v + step)
+        work, n = _step(work, v, v + step, dropped)
         held += n
     out = work
     if held:
-        notes.append(f"{held} node(s) kept as they are where their op changed only its types (Reshape-14: allowzero dropped, exact here)")
+        notes.append(f"{held} type-only node version change(s) kept as they are")
+    if dropped:
+        notes.append(f"allowzero dropped from {len(dropped)} Reshape node(s) (exact: no 0 in their shape)")
     try:
         onnx.checker.check_model(out)
     except onnx.checker.ValidationError as exc:

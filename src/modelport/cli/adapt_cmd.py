@@ -1,0 +1,65 @@
+"""`modelport adapt MODEL -o OUT [--target T] [changes…]`: fix what a target lacks, verify, write atomically."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from modelport.cli.common import console, emit_json, progress
+from modelport.cli.verify_cmd import parity_table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("adapt")
+    def adapt(
+        model: Annotated[str, typer.Argument(help="ONNX model to adapt.")],
+        out: Annotated[str, typer.Option("-o", "--out", help="Output .onnx path.")],
+        target: Annotated[Optional[str], typer.Option("--target", "-t", help="Apply every automatic fix for this target (name or profile .json).")] = None,
+        opset: Annotated[Optional[int], typer.Option("--opset", help="Convert to this opset (up or down).")] = None,
+        layout: Annotated[Optional[str], typer.Option("--layout", help="nhwc: rank-4 NCHW inputs take NHWC data.")] = None,
+        batch: Annotated[Optional[int], typer.Option("--batch", help="Static batch size for every input.")] = None,
+        dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 of every input symbolic.")] = False,
+        rename: Annotated[Optional[list[str]], typer.Option("--rename", help="Rename an input or output, old=new (repeatable).")] = None,
+        io_dtype: Annotated[Optional[str], typer.Option("--io-dtype", help="float16: float inputs/outputs in float16.")] = None,
+        normalize: Annotated[Optional[str], typer.Option("--normalize", help="Bake normalization in: 'mean=0.485,0.456,0.406,std=0.229,0.224,0.225[,scale=255][,input=x]'.")] = None,
+        replace: Annotated[Optional[list[str]], typer.Option("--replace", help="Rewrite rule OP=RULE, e.g. Gelu=tanh-approx, LayerNormalization=decompose (repeatable).")] = None,
+        device: Annotated[str, typer.Option("--device", help="cpu or cuda (falls back to CPU when CUDA is missing).")] = "cpu",
+        eval_data: Annotated[Optional[str], typer.Option("--eval", help=".npz of inputs + labels: report top-1 before/after.")] = None,
+        inputs: Annotated[Optional[str], typer.Option("--inputs", help="Verify on these inputs (.npz keyed by the adapted model's input names).")] = None,
+        rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
+        atol: Annotated[Optional[float], typer.Option("--atol")] = None,
+        list_rules: Annotated[bool, typer.Option("--list-rules", help="List the rewrite rules and exit.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ) -> None:
+        """Adapt an ONNX model to a target (ops, opset, inputs/outputs) and verify it still computes the same."""
+        from modelport.adapt import adapt as run_adapt
+
+        if list_rules:
+            from modelport.passes.adapt.rules import all_rules
+
+            for r in all_rules():
+                console.print(f"{r.key:32s} {'exact' if r.exact else 'approximation':14s} {r.doc}")
+            return
+        with progress(not as_json, f"adapting {model}") as update:
+            report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
+                               rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,
+                               eval_data=eval_data, inputs=inputs, rtol=rtol, atol=atol, progress=update)
+        if as_json:
+            emit_json(report)
+            return
+        table = Table(title=f"adapt {report.src} -> {report.out}", show_header=False)
+        for step in report.steps:
+            table.add_row(step.name, step.detail + ("" if step.exact else " [yellow](approximation)[/]"))
+        if report.check is not None:
+            table.add_row("target", f"{report.target}: {report.check.summary()}")
+        if report.metric:
+            m = report.metric
+            table.add_row("top-1", f"{m['before']:.4f} -> {m['after']:.4f} on {m['samples']} samples")
+        table.add_row("time", f"{report.seconds:.1f} s")
+        console.print(table)
+        for w in report.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+        if report.parity is not None:
+            console.print(parity_table(report.parity))
