@@ -328,7 +328,7 @@ def compress(
         os.replace(result_path, dest)
         return CompressReport(
             str(src), str(dest), artifact, steps, before, after, "top-1" if data is not None else None, max_drop,
-            kept, ranking, runner.layers, trials, parity, True, time.perf_counter() - t0, _versions(), tuple(notes),
+            kept, ranking, runner.layers, trials, parity, quantize == "fp16", True, time.perf_counter() - t0, _versions(), tuple(notes),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -43,7 +43,8 @@ class CompressReport:
         sensitivity: the metric with each layer alone left uncompressed, most harmful first
             (empty when the first try met the budget).
         layers: per-layer sparsity of pruned weights.
-        parity: fp16: elementwise parity at fp16 tolerance (enforced); others: informational.
+        parity: how far the outputs moved (fp16: at fp16 tolerance, enforced; others:
+            informational, at fp32 tolerance, since int8 and pruning are judged on the metric).
     """
 
     src: str
@@ -59,6 +60,7 @@ class CompressReport:
     layers: tuple[LayerSparsity, ...] = ()
     trials: int = 1
     parity: object | None = None
+    parity_enforced: bool = False
     ok: bool = True
     seconds: float = 0.0
     versions: dict[str, str] = dataclasses.field(default_factory=dict)

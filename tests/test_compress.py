@@ -1,0 +1,416 @@
+"""Compression on real models: a PyTorch CNN trained for seconds on scikit-learn's digits,
+an MLP with an outlier weight, and a tiny BERT, all exported with torch.onnx (dynamo)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelport.artifact import to_jsonable
+from modelport.compress import compress
+from modelport.errors import BadInputError, CheckFailedError, ModelportError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RUNS = 5  # latency runs per model and batch: measured, but kept cheap in tests
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """Digits as NCHW float32 in [0, 1]: (x_train, y_train, x_test, y_test)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    xtr, xte, ytr, yte = train_test_split(x, d.target.astype(np.int64), test_size=0.25, random_state=0, stratify=d.target)
+    return xtr, ytr, xte, yte
+
+
+def _train(module, x, y, *, epochs: int, lr: float, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is several times faster on a busy machine
+    try:
+        opt = torch.optim.Adam(module.parameters(), lr=lr)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        for _ in range(epochs):
+            perm = torch.randperm(len(xt))
+            for i in range(0, len(xt), 128):
+                idx = perm[i:i + 128]
+                loss = torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return module.eval()
+
+
+def _export(module, example, path: Path, names: list[str]) -> str:
+    import torch
+
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(module, (example,), dynamo=True, input_names=names,
+                                dynamic_shapes=({0: batch},), verbose=False)
+    program.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(tmp_path_factory, digits):
+    """A digits CNN whose weights dominate the file (fc1: 1024x96), with calib and eval .npz."""
+    import torch
+    from torch import nn
+
+    xtr, ytr, xte, yte = digits
+
+    class DigitsCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+            self.fc1 = nn.Linear(16 * 8 * 8, 96)
+            self.fc2 = nn.Linear(96, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.c2(torch.relu(self.c1(x))))
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+    d = tmp_path_factory.mktemp("digits_cnn")
+    model = _train(DigitsCNN(), xtr, ytr, epochs=6, lr=3e-3)
+    path = _export(model, torch.from_numpy(xtr[:2]), d / "cnn.onnx", ["x"])
+    np.savez(d / "calib.npz", x=xtr[:256])
+    np.savez(d / "eval.npz", x=xte, labels=yte)
+    return {"model": path, "calib": str(d / "calib.npz"), "eval": str(d / "eval.npz"), "dir": d}
+
+
+@pytest.fixture(scope="session")
+def outlier_mlp(tmp_path_factory, digits):
+    """An MLP on raw pixels whose fc1 carries a huge weight on a pixel that is 0 in every image.
+
+    The float model computes exactly what it did before the outlier went in (the pixel is
+    always 0), but int8 weight scales stretch to the outlier and round fc1's real weights
+    to zero: static int8 collapses unless fc1 stays in float.
+    """
+    import torch
+    from torch import nn
+
+    xtr, ytr, xte, yte = digits
+    flat_tr, flat_te = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)
+    dead = np.flatnonzero((flat_tr.max(0) == 0) & (flat_te.max(0) == 0))
+    assert dead.size, "digits has always-zero corner pixels"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = _train(model, flat_tr, ytr, epochs=25, lr=3e-3)
+    with torch.no_grad():
+        model[0].weight[:, dead[0]] = 1000.0 * model[0].weight.abs().max()
+    d = tmp_path_factory.mktemp("outlier_mlp")
+    path = _export(model, torch.from_numpy(flat_tr[:2]), d / "mlp.onnx", ["x"])
+    np.savez(d / "calib.npz", x=flat_tr[:256])
+    np.savez(d / "eval.npz", x=flat_te, labels=yte)
+    return {"model": path, "calib": str(d / "calib.npz"), "eval": str(d / "eval.npz"), "dir": d}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """BERT (hidden 256, 4 layers, 4 heads, intermediate 512, vocab 1000) -> last hidden state."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+                        vocab_size=1000, max_position_embeddings=128)
+    torch.manual_seed(0)
+    bert = BertModel(config).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(0, 1000, (2, 16))
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=128)
+    program = torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), dynamo=True,
+                                input_names=["input_ids", "attention_mask"],
+                                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                                verbose=False)
+    path = tmp_path_factory.mktemp("bert") / "bert.onnx"
+    program.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def weightless_onnx(tmp_path_factory) -> str:
+    """A model with nothing to prune: Relu(x) + 1."""
+    import onnx
+    import onnx.parser
+
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+            r = Relu(x)
+            one = Constant <value = float {1.0}> ()
+            y = Add(r, one)
+        }""")
+    path = tmp_path_factory.mktemp("weightless") / "relu.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _initializers(path: str) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+
+def _only_input_left(directory: Path, *keep: str) -> list[str]:
+    """Files in the directory besides the given ones: temp files or outputs left behind."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+@pytest.mark.slow
+def test_static_int8_cnn_is_under_a_third_and_within_a_point(digits_cnn, tmp_path):
+    out = tmp_path / "cnn.int8.onnx"
+    report = compress(digits_cnn["model"], out, quantize="static", calibration=digits_cnn["calib"],
+                      eval_data=digits_cnn["eval"], max_drop=0.01, bench_runs=RUNS)
+    assert report and out.is_file()
+    assert report.size_ratio <= 0.30, report.size_ratio
+    assert report.before.metric > 0.85  # the CNN learned something, so the drop means something
+    assert report.drop <= 0.01
+    assert report.kept_float == ()
+    ops = {n.op_type for n in __import__("onnx").load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert set(report.before.p50_ms) == {1, 8} and all(report.after.p50_ms.values())
+    assert report.before.macs == report.after.macs > 0
+    doc = json.loads(json.dumps(to_jsonable(report)))
+    assert doc["after"]["file_bytes"] == out.stat().st_size
+    assert doc["artifact"]["lineage"][0]["step"] == "compress"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_static_calibration_methods(digits_cnn, tmp_path, method):
+    out = tmp_path / f"cnn.{method}.onnx"
+    report = compress(digits_cnn["model"], out, quantize="static", calibration=digits_cnn["calib"],
+                      calibrate_method=method, per_channel=False, eval_data=digits_cnn["eval"], bench_runs=0)
+    assert out.is_file() and report.size_ratio <= 0.30
+    assert report.drop <= 0.03
+    assert f"{method} calibration, per-tensor" in report.steps[0]
+
+
+@pytest.mark.slow
+def test_dynamic_int8_bert_is_under_035x_with_latency_in_the_same_run(tiny_bert, tmp_path):
+    out = tmp_path / "bert.int8.onnx"
+    report = compress(tiny_bert, out, quantize="dynamic", bench_runs=RUNS)
+    assert report.size_ratio <= 0.35, report.size_ratio
+    ops = {n.op_type for n in __import__("onnx").load(str(out)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    for batch in (1, 8):
+        assert report.latency_ratio(batch) is not None and report.latency_ratio(batch) > 0
+
+
+@pytest.mark.slow
+def test_int4_weight_only_on_bert(tiny_bert, tmp_path):
+    out = tmp_path / "bert.int4.onnx"
+    report = compress(tiny_bert, out, quantize="int4", bench_runs=0)
+    model = __import__("onnx").load(str(out))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) >= 4 * 6  # q, k, v, attention out, intermediate, output per layer
+    assert report.size_ratio <= 0.35, report.size_ratio
+    # int4 is an approximation: the outputs stay close in direction
+    from modelport.verify import verify
+
+    parity = verify(tiny_bert, str(out), rtol=1.0, atol=1.0)
+    assert all(o.cosine > 0.99 for r in parity.runs for o in r.outputs)
+
+
+def test_fp16_halves_the_size_and_verifies_at_fp16_tolerance(digits_cnn, tmp_path):
+    out = tmp_path / "cnn.fp16.onnx"
+    report = compress(digits_cnn["model"], out, quantize="fp16", eval_data=digits_cnn["eval"], bench_runs=0)
+    assert 0.45 <= report.size_ratio <= 0.55
+    assert report.parity is not None and report.parity and report.parity_enforced
+    assert abs(report.drop) <= 0.005
+    from modelport.formats import open_runner
+
+    with open_runner(str(out)) as runner:
+        assert runner.signature.inputs[0].dtype == "float32"
+    out16 = tmp_path / "cnn.fp16io.onnx"
+    compress(digits_cnn["model"], out16, quantize="fp16", keep_io_float32=False, bench_runs=0)
+    with open_runner(str(out16)) as runner:
+        assert runner.signature.inputs[0].dtype == "float16"
+        assert runner.signature.outputs[0].dtype == "float16"
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def test_prune_half_gives_exact_zeros_per_layer(digits_cnn, tmp_path):
+    out = tmp_path / "cnn.pruned50.onnx"
+    report = compress(digits_cnn["model"], out, prune=0.5, bench_runs=0)
+    before, after = _initializers(digits_cnn["model"]), _initializers(str(out))
+    assert {layer.op for layer in report.layers} == {"Conv", "Gemm"}
+    assert len(report.layers) == 4
+    for layer in report.layers:
+        w0, w1 = before[layer.weight], after[layer.weight]
+        assert layer.sparsity_after == np.count_nonzero(w1 == 0) / w1.size == pytest.approx(0.5, abs=1 / w1.size)
+        kept = w1 != 0
+        np.testing.assert_array_equal(w1[kept], w0[kept])  # survivors untouched
+        assert np.abs(w0[~kept]).max() <= np.abs(w0[kept]).min()  # the smallest went
+    for name, w in before.items():
+        if w.ndim < 2:
+            np.testing.assert_array_equal(after[name], w)  # biases are left alone
+    assert report.after.sparsity > 0.49 and report.before.sparsity < 0.01
+    assert report.after.file_bytes == pytest.approx(report.before.file_bytes, rel=0.01)  # zeros, not a mask
+
+
+def test_global_prune_reaches_the_fraction_over_all_layers(digits_cnn, tmp_path):
+    out = tmp_path / "cnn.global.onnx"
+    report = compress(digits_cnn["model"], out, prune=0.7, prune_scope="global", bench_runs=0)
+    total = sum(layer.params for layer in report.layers)
+    zeros = sum(layer.sparsity_after * layer.params for layer in report.layers)
+    assert zeros / total == pytest.approx(0.7, abs=1e-4)
+    assert len({round(layer.sparsity_after, 2) for layer in report.layers}) > 1  # thresholds are shared, not per layer
+
+
+# --------------------------------------------------------------------------- accuracy control
+
+
+@pytest.mark.slow
+def test_accuracy_control_keeps_the_outlier_layer_in_float(outlier_mlp, tmp_path):
+    import onnx
+
+    model = onnx.load(outlier_mlp["model"])
+    fc1 = next(n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and "0.weight" in "".join(n.input))
+    plain = compress(outlier_mlp["model"], tmp_path / "plain.onnx", quantize="static", calibration=outlier_mlp["calib"],
+                     eval_data=outlier_mlp["eval"], bench_runs=0)
+    assert plain.before.metric > 0.9
+    assert plain.drop > 0.01, "plain static int8 should miss a one-point budget on this model"
+    out = tmp_path / "controlled.onnx"
+    controlled = compress(outlier_mlp["model"], out, quantize="static", calibration=outlier_mlp["calib"],
+                          eval_data=outlier_mlp["eval"], max_drop=0.01, bench_runs=0)
+    assert controlled and controlled.drop <= 0.01
+    assert controlled.kept_float == (fc1,)
+    assert controlled.sensitivity[0].node == fc1
+    assert controlled.sensitivity[0].metric > controlled.sensitivity[-1].metric
+    quantized = {n.input[0] for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear"}
+    assert not any("0.weight" in q for q in quantized)  # fc1's weight stayed float
+    assert any("2.weight" in q for q in quantized)  # fc2's was quantized
+
+
+def test_unmeetable_budget_fails_and_writes_nothing(digits_cnn, tmp_path):
+    out = tmp_path / "cnn.pruned.onnx"
+    with pytest.raises(CheckFailedError, match="cannot be met") as info:
+        compress(digits_cnn["model"], out, prune=0.95, eval_data=digits_cnn["eval"], max_drop=0.0, bench_runs=0)
+    assert info.value.exit_code == 1
+    assert _only_input_left(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad_npz(tmp_path: Path, name: str, **arrays) -> str:
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_bad_inputs_are_clear_errors_and_write_nothing(digits_cnn, weightless_onnx, tmp_path, digits):
+    _, _, xte, yte = digits
+    model = digits_cnn["model"]
+    out = tmp_path / "out" / "m.onnx"
+    cases = {
+        "wrong calibration name": dict(quantize="static", calibration=_bad_npz(tmp_path, "c1.npz", image=xte)),
+        "wrong calibration shape": dict(quantize="static", calibration=_bad_npz(tmp_path, "c2.npz", x=xte[:, :, :4])),
+        "wrong eval name": dict(quantize="dynamic", eval_data=_bad_npz(tmp_path, "e1.npz", image=xte, labels=yte)),
+        "labels of the wrong length": dict(quantize="dynamic", eval_data=_bad_npz(tmp_path, "e2.npz", x=xte, labels=yte[:-3])),
+        "no labels": dict(quantize="dynamic", eval_data=_bad_npz(tmp_path, "e3.npz", x=xte)),
+        "prune 0": dict(prune=0.0),
+        "prune 1": dict(prune=1.0),
+        "prune 1.5": dict(prune=1.5),
+        "unknown mode": dict(quantize="int3"),
+        "unknown calibration method": dict(quantize="static", calibration=digits_cnn["calib"], calibrate_method="mse"),
+        "static without calibration": dict(quantize="static"),
+        "budget without eval data": dict(quantize="dynamic", max_drop=0.01),
+        "nothing to do": dict(),
+    }
+    messages = {}
+    for what, kwargs in cases.items():
+        with pytest.raises(BadInputError) as info:
+            compress(model, out, bench_runs=0, **kwargs)
+        assert info.value.exit_code == 2, what
+        messages[what] = str(info.value)
+    assert "missing inputs ['x']" in messages["wrong calibration name"]
+    assert "shape" in messages["wrong calibration shape"]
+    assert "447 labels but" in messages["labels of the wrong length"]
+    assert "'labels'" in messages["no labels"]
+    assert "(0, 1)" in messages["prune 1.5"]
+    assert "int3" in messages["unknown mode"]
+    with pytest.raises(BadInputError, match="nothing to prune") as info:
+        compress(weightless_onnx, out, prune=0.5, bench_runs=0)
+    assert info.value.exit_code == 2
+    assert not out.parent.exists() or _only_input_left(out.parent) == []
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli_app():
+    """The real app when compress is wired into it, else a Typer app with just our command."""
+    import typer
+
+    from modelport.cli import app as app_module
+
+    if any(getattr(c, "name", None) == "compress" for c in app_module.app.registered_commands):
+        return app_module.app
+    from modelport.cli import compress_cmd
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    compress_cmd.register(app)
+
+    @app.command("noop", hidden=True)
+    def _noop() -> None:  # a second command keeps Typer from collapsing the app into `compress` itself
+        pass
+
+    return app
+
+
+def _run_cli(capsys, *args: str) -> tuple[int, str]:
+    app = _cli_app()
+    capsys.readouterr()
+    try:
+        app(args=[str(a) for a in args], prog_name="modelport", standalone_mode=False)
+        rc = 0
+    except ModelportError as exc:
+        rc = exc.exit_code
+    return rc, capsys.readouterr().out
+
+
+def test_cli_prints_json_and_maps_errors_to_exit_codes(digits_cnn, tmp_path, capsys):
+    out = tmp_path / "cnn.pruned.onnx"
+    rc, text = _run_cli(capsys, "compress", digits_cnn["model"], "-o", out, "--prune", "0.3", "--runs", "2", "--json")
+    assert rc == 0
+    doc = json.loads(text)
+    assert doc["out"] == str(out) and doc["ok"] is True
+    assert all(layer["sparsity_after"] == pytest.approx(0.3, abs=0.01) for layer in doc["layers"])
+    assert doc["before"]["p50_ms"]["1"] > 0 and doc["after"]["p50_ms"]["8"] > 0
+    rc, text = _run_cli(capsys, "compress", digits_cnn["model"], "-o", tmp_path / "x.onnx", "--prune", "0.3", "--runs", "0")
+    assert rc == 0 and "sparsity" in text and "pruned layers" in text
+    rc, _ = _run_cli(capsys, "compress", digits_cnn["model"], "-o", tmp_path / "bad.onnx", "--prune", "2")
+    assert rc == 2 and not (tmp_path / "bad.onnx").exists()
