@@ -289,3 +289,9 @@ def test_export_failure_names_each_strategy(cli, tmp_path, out_dir):
     res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "m.onnx", "--input", model.inputs[0])
     _fails_cleanly(res, 3, "export failed", "dynamo exporter failed", "torchscript exporter failed")
     assert _empty(out_dir)
+
+
+def test_state_dict_given_as_model(cli, cnn, out_dir):
+    res = cli("convert", cnn.pt, "--to", "onnx", "-o", out_dir / "m.onnx")
+    _fails_cleanly(res, 2, "cnn.pt", "state_dict, not a model", "file.py:Name")
+    assert _empty(out_dir)

@@ -123,3 +123,23 @@ def test_torchscript_runner_matches_eager(which, request, cnn):
 def test_torchscript_runner_asks_for_input_shapes(cnn_scripted):
     with pytest.raises(BadInputError, match="--input for x"):
         open_runner(cnn_scripted)
+
+
+def test_torch_dir_written_by_convert(cnn_onnx, tmp_path):
+    """`convert --to torch` writes model.py + weights + metadata; detected and run as format `torch`."""
+    from modelport.convert.pipeline import convert
+
+    out = tmp_path / "cnn_torch"
+    report = convert(cnn_onnx, "torch", out)
+    assert report.parity.ok
+    assert formats.detect(out) == "torch"
+    x = _images(5)
+    with open_runner(str(out)) as r, open_runner(cnn_onnx) as ref:
+        assert r.signature.inputs == ref.signature.inputs
+        got = r.run({"x": x})
+        assert r.signature.outputs == ref.signature.outputs  # names and symbolic batch, not one run's sizes
+        expected = ref.run({"x": x})
+    np.testing.assert_allclose(got["output_0"], expected["output_0"], rtol=1e-4, atol=1e-5)
+    (out / "modelport_torch.json").unlink()
+    with pytest.raises(BadInputError, match="directory is no model"):
+        formats.detect(out)

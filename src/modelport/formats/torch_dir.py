@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class TorchDirRunner(TorchCallableRunner):
         super().__init__(path, module, inputs, device=options.device)
         outputs = meta.get("outputs", [])
         self._output_names = [e["name"] if isinstance(e, dict) else e for e in outputs]
+        self._output_shapes = [_spec(e).shape if isinstance(e, dict) else None for e in outputs]
         self.module = module
 
     def _set_outputs(self, outs):
@@ -54,6 +56,12 @@ class TorchDirRunner(TorchCallableRunner):
         if len(names) == len(outs):
             outs = [(n, t) for n, (_, t) in zip(names, outs)]
         super()._set_outputs(outs)
+        if self._outputs is not None and len(self._output_shapes) == len(self._outputs):
+            # Symbolic dims ("batch") come from the recorded signature, not from one run's sizes.
+            self._outputs = tuple(
+                dataclasses.replace(spec, shape=shape) if shape is not None and len(shape) == len(spec.shape or ()) else spec
+                for spec, shape in zip(self._outputs, self._output_shapes)
+            )
 
 
 def open(path: str, options: LoadOptions) -> TorchDirRunner:  # noqa: A001
