@@ -341,3 +341,180 @@ def _rms_norm(x, scale, axis, eps):
     y = xf * torch.rsqrt((xf * xf).mean(dim=dims, keepdim=True) + eps)
     return y.to(x.dtype) * scale
 ''')
+
+_h('''
+def _nll_loss(x, target, weight=None, reduction="mean", ignore_index=None):
+    """ONNX NegativeLogLikelihoodLoss over (N, C, d1, ...) inputs."""
+    t = target.long()
+    valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
+    safe = torch.where(valid, t, 0)
+    w = valid.to(x.dtype)
+    if weight is not None:
+        w = weight[safe] * w
+    loss = -torch.gather(x, 1, safe.unsqueeze(1)).squeeze(1) * w
+    if reduction == "mean":
+        return loss.sum() / w.sum()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+''')
+
+_h('''
+def _resize_matrix(n_in, n_out, scale, mode, ctm, a, exclude, nearest, antialias, roi):
+    """(n_out, n_in) interpolation weights for one axis, and which outputs extrapolate."""
+    o = torch.arange(n_out, dtype=torch.float64)
+    if ctm == "half_pixel":
+        c = (o + 0.5) / scale - 0.5
+    elif ctm == "half_pixel_symmetric":
+        adj = n_out / (scale * n_in)
+        c = n_in / 2 * (1 - adj) + (o + 0.5) / scale - 0.5
+    elif ctm == "pytorch_half_pixel":
+        c = (o + 0.5) / scale - 0.5 if n_out > 1 else torch.zeros_like(o)
+    elif ctm == "align_corners":
+        c = o * (n_in - 1) / (n_out - 1) if n_out > 1 else torch.zeros_like(o)
+    elif ctm == "asymmetric":
+        c = o / scale
+    else:
+        s, e = roi
+        c = (s * (n_in - 1) + o * (e - s) * (n_in - 1) / (n_out - 1) if n_out > 1
+             else torch.full_like(o, 0.5 * (s + e) * (n_in - 1)))
+    outside = (c < 0) | (c > n_in - 1)
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    if mode == "nearest":
+        if nearest == "round_prefer_floor":
+            i = torch.ceil(c - 0.5)
+        elif nearest == "round_prefer_ceil":
+            i = torch.floor(c + 0.5)
+        elif nearest == "floor":
+            i = torch.floor(c)
+        else:
+            i = torch.ceil(c)
+        i = i.clamp(0, n_in - 1).long()
+        w[torch.arange(n_out), i] = 1.0
+        return w, outside
+    s = min(scale, 1.0) if antialias else 1.0
+    support = (2.0 if mode == "cubic" else 1.0) / s
+    base = torch.floor(c)
+    for j in range(-int(math.ceil(support)), int(math.ceil(support)) + 2):
+        idx = base + j
+        t = ((idx - c) * s).abs()
+        if mode == "cubic":
+            k = torch.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                            torch.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+        else:
+            k = (1 - t).clamp(min=0)
+        if exclude:
+            k = torch.where((idx < 0) | (idx > n_in - 1), 0.0, k)
+        w.index_put_((torch.arange(n_out), idx.clamp(0, n_in - 1).long()), k, accumulate=True)
+    return w / w.sum(1, keepdim=True), outside
+''')
+
+_h('''
+def _resize(x, roi, scales, sizes, mode="nearest", ctm="half_pixel", a=-0.75, exclude=0,
+            extrapolation=0.0, nearest="round_prefer_floor", antialias=0, axes=None,
+            policy="stretch"):
+    """ONNX Resize / Upsample: one interpolation matrix per resized axis."""
+    r = x.dim()
+    axes = list(range(r)) if axes is None else [int(ax) % r for ax in axes]
+    n_in = [x.shape[ax] for ax in axes]
+    if sizes is not None and len(sizes) > 0:
+        sizes = [int(v) for v in sizes]
+        scl = [v / n for v, n in zip(sizes, n_in)]
+        if policy != "stretch":
+            f = min(scl) if policy == "not_larger" else max(scl)
+            sizes = [int(math.floor(n * f + 0.5)) for n in n_in]
+            scl = [f] * len(axes)
+    else:
+        scl = [float(v) for v in scales]
+        sizes = [int(math.floor(n * v)) for n, v in zip(n_in, scl)]
+    dtype = x.dtype
+    y = x.to(torch.float64)
+    for i, ax in enumerate(axes):
+        if ctm != "tf_crop_and_resize" and sizes[i] == n_in[i] and scl[i] == 1.0:
+            continue
+        box = (roi[i], roi[i + len(axes)]) if roi is not None and len(roi) else (0.0, 1.0)
+        w, outside = _resize_matrix(n_in[i], sizes[i], scl[i], mode, ctm, a, exclude, nearest,
+                                    antialias, box)
+        y = torch.tensordot(y.movedim(ax, -1), w.T, dims=1).movedim(-1, ax)
+        if ctm == "tf_crop_and_resize":
+            shape = [1] * r
+            shape[ax] = sizes[i]
+            y = torch.where(outside.reshape(shape), extrapolation, y)
+    if not dtype.is_floating_point:
+        y = y.round().clamp(torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+    return y.to(dtype)
+''')
+
+_h('''
+def _q_param(p, x, axis, block):
+    """Broadcasts a per-axis or blocked quantization parameter against x."""
+    if p.dim() == 0 or p.numel() == 1 and block == 0:
+        return p.reshape(())
+    axis = axis % x.dim()
+    if block:
+        return p.repeat_interleave(block, axis).narrow(axis, 0, x.shape[axis])
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return p.reshape(shape)
+''')
+
+_h('''
+def _quantize(x, scale, zero_point, dtype, axis=1, block=0):
+    """ONNX QuantizeLinear: saturate(round(x / scale) + zero_point)."""
+    s = _q_param(scale, x, axis, block)
+    if dtype.is_floating_point:
+        big = torch.finfo(dtype).max
+        return (x.to(torch.float32) / s.to(torch.float32)).clamp(-big, big).to(dtype)
+    y = torch.round(x.to(torch.float64) / s.to(torch.float64))
+    if zero_point is not None:
+        y = y + _q_param(zero_point, x, axis, block).to(torch.float64)
+    info = torch.iinfo(dtype)
+    return y.clamp(info.min, info.max).to(dtype)
+''')
+
+_h('''
+def _dequantize(x, scale, zero_point=None, axis=1, block=0, dtype=None):
+    """ONNX DequantizeLinear: (x - zero_point) * scale."""
+    s = _q_param(scale, x, axis, block)
+    y = x.to(torch.float64 if dtype is None else dtype)
+    if zero_point is not None and not x.dtype.is_floating_point:
+        y = y - _q_param(zero_point, x, axis, block).to(y.dtype)
+    return (y * s.to(y.dtype)).to(scale.dtype if dtype is None else dtype)
+''')
+
+_h('''
+def _dynamic_quantize(x):
+    """ONNX DynamicQuantizeLinear: uint8 y, its scale and zero point."""
+    hi = torch.clamp(x.max(), min=0)
+    lo = torch.clamp(x.min(), max=0)
+    scale = (hi - lo) / 255
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    y = torch.clamp(torch.round(x / scale) + zp, 0, 255)
+    return y.to(torch.uint8), scale, zp.to(torch.uint8)
+''')
+
+_h('''
+def _row_zp(zp):
+    zp = zp.double()
+    return zp.unsqueeze(-1) if zp.dim() == 1 else zp
+''')
+
+_h('''
+def _channel_zp(zp, rank):
+    zp = zp.double()
+    return zp.reshape((-1,) + (1,) * (rank - 1)) if zp.dim() == 1 else zp
+''')
+
+_h('''
+def _seq_insert(seq, t, pos):
+    out = list(seq)
+    out.insert(pos, t)
+    return out
+''')
+
+_h('''
+def _seq_erase(seq, pos):
+    out = list(seq)
+    out.pop(pos)
+    return out
+''')
