@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import zoo_tf  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 
 import onnx  # noqa: E402
-import zoo_tf  # noqa: E402
 
 from modelport import formats  # noqa: E402
 from modelport.convert.pipeline import convert  # noqa: E402
@@ -213,3 +214,15 @@ def test_dict_input_model_is_fed_by_name(tmp_path):
     inputs, outputs = _graph_io(report.artifact.path)
     assert inputs == [("a_in", ["batch", 2]), ("b_in", ["batch", 3])]
     assert outputs == [("out", ["batch", 2])]
+
+
+def test_cli_verify_keras_against_tflite_and_refuse_a_truncated_keras(cli, tmp_path):
+    result = cli("verify", zoo_tf.two_io_keras(), zoo_tf.tflite_from_keras("two_io"), "--json")
+    assert result.exit_code == 0, result.stderr
+    bad = tmp_path / "truncated.keras"
+    data = zoo_tf.cnn_keras().read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    result = cli("convert", bad, "--to", "onnx")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"modelport: error: {bad}: corrupt or truncated archive (File is not a zip file)"]
+    assert list(tmp_path.iterdir()) == [bad]

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import zoo_tf  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
-import zoo_tf  # noqa: E402
 
-from modelport import formats  # noqa: E402
+from modelport import api, formats  # noqa: E402
 from modelport.errors import BadInputError, ModelportError  # noqa: E402
 from modelport.verify import verify  # noqa: E402
 
@@ -156,7 +157,9 @@ def test_verify_keras_against_its_exported_savedmodel():
     ids=["mlp-from_keras_model", "cnn-from_keras_model", "two_io-from_keras_model", "mlp-from_saved_model"],
 )
 def test_verify_keras_against_tflite_at_fp32_tolerance(keras_src, tflite_src):
-    report = verify(keras_src(), tflite_src())  # default fp32 tolerances: rtol 1e-4, atol 1e-5
+    # The public modelport.verify (spelled api.verify: importing the modelport.verify package
+    # rebinds the `modelport.verify` attribute to the package). Default fp32 tolerances.
+    report = api.verify(keras_src(), tflite_src())
     assert report, report.summary()
     assert all(o.rtol == 1e-4 and o.atol == 1e-5 for r in report.runs for o in r.outputs)
     assert len(report.runs) == 2
