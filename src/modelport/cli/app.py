@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             markup=False, soft_wrap=True,
         )
         return 2
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def run() -> None:
