@@ -65,4 +65,6 @@ def register(app: typer.Typer) -> None:
             for note in report.notes:
                 console.print(f"note: {note}")
         if not report:
-            raise typer.Exit(3)
+            from modelport.errors import UnsupportedError
+
+            raise UnsupportedError(f"not compatible with {report.target}: {report.summary()}", path=model)
