@@ -29,6 +29,10 @@ def load_program(path: str):
         raise BadInputError(f"cannot load ExportedProgram ({msg})", path=path) from None
 
 
+def _shape(val) -> tuple[int | str, ...]:
+    return tuple(int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in val.shape)
+
+
 def program_inputs(ep) -> tuple[TensorSpec, ...]:
     torch = torch_module()
     user = set(ep.graph_signature.user_inputs)
@@ -39,8 +43,24 @@ def program_inputs(ep) -> tuple[TensorSpec, ...]:
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             continue
-        shape = tuple(int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in val.shape)
-        specs.append(TensorSpec(node.name, np_dtype_of(val.dtype), shape))
+        specs.append(TensorSpec(node.name, np_dtype_of(val.dtype), _shape(val)))
+    return tuple(specs)
+
+
+def program_outputs(ep) -> tuple[TensorSpec, ...] | None:
+    """The user outputs with their symbolic shapes, named as the runner names them; None if not all tensors."""
+    torch = torch_module()
+    user = list(ep.graph_signature.user_outputs)
+    out_node = next((n for n in ep.graph.nodes if n.op == "output"), None)
+    if out_node is None or not user:
+        return None
+    by_name = {getattr(a, "name", None): a for a in out_node.args[0]}
+    specs = []
+    for i, name in enumerate(user):
+        val = getattr(by_name.get(name), "meta", {}).get("val")
+        if not isinstance(val, torch.Tensor):
+            return None
+        specs.append(TensorSpec(f"output_{i}", np_dtype_of(val.dtype), _shape(val)))
     return tuple(specs)
 
 
@@ -52,6 +72,10 @@ class ExportedProgramRunner(TorchCallableRunner):
         inputs = fill_signature(program_inputs(ep), options.inputs, path)
         super().__init__(path, ep.module(), inputs, device=options.device)
         self.program = ep
+        try:
+            self._outputs = program_outputs(ep)
+        except Exception:  # only a nicer signature: a run fills it in otherwise
+            self._outputs = None
 
 
 def open(path: str, options: LoadOptions) -> ExportedProgramRunner:  # noqa: A001
