@@ -126,8 +126,11 @@ def _name_batch_dims(model, sig: Signature) -> None:
     """Call the dynamic leading dim `batch` (tf2onnx writes `unk__N`) where the source calls it so."""
     graph = model.graph
     renames: dict[str, str] = {}
-    pairs = list(zip(graph.input, sig.inputs)) + list(zip(graph.output, sig.outputs))
-    for vi, spec in pairs:
+    specs = {s.name: s for s in (*sig.inputs, *sig.outputs)}
+    for vi in [*graph.input, *graph.output]:
+        spec = specs.get(vi.name)
+        if spec is None:
+            continue
         dims = vi.type.tensor_type.shape.dim
         if spec.shape and spec.shape[0] == "batch" and len(dims) and dims[0].HasField("dim_param"):
             renames[dims[0].dim_param] = "batch"
