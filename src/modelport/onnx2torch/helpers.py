@@ -518,3 +518,64 @@ def _seq_erase(seq, pos):
     out.pop(pos)
     return out
 ''')
+
+_h('''
+def _attention(q, k, v, mask=None, past_k=None, past_v=None, nonpad=None, is_causal=0,
+               q_heads=None, kv_heads=None, scale=None, softcap=0.0, qk_mode=0,
+               softmax_dtype=None):
+    """ONNX Attention (opset 23): (y, present_key, present_value, qk_matmul_output)."""
+    three_d = q.dim() == 3
+    b = q.shape[0]
+    if three_d:
+        q = q.reshape(b, q.shape[1], q_heads, -1).transpose(1, 2)
+        k = k.reshape(b, k.shape[1], kv_heads, -1).transpose(1, 2)
+        v = v.reshape(b, v.shape[1], kv_heads, -1).transpose(1, 2)
+    s = math.sqrt(scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    if past_k is not None:
+        k = torch.cat([past_k, k], 2)
+        v = torch.cat([past_v, v], 2)
+    present_k, present_v = k, v
+    ql, kl = q.shape[2], k.shape[2]
+    bias = torch.zeros(ql, kl, dtype=q.dtype)
+    if mask is not None:
+        pad = kl - mask.shape[-1]
+        if pad > 0:
+            mask = F.pad(mask, [0, pad], value=False if mask.dtype == torch.bool else -math.inf)
+        if mask.dtype == torch.bool:
+            mask = torch.where(mask, 0.0, -math.inf).to(q.dtype)
+        bias = bias + mask
+    if is_causal:
+        if past_k is None and nonpad is not None:
+            offset = (nonpad.reshape(-1) - ql).reshape(-1, 1, 1, 1)
+        else:
+            offset = past_k.shape[2] if past_k is not None else 0
+        i = torch.arange(ql).reshape(-1, 1)
+        j = torch.arange(kl).reshape(1, -1)
+        bias = torch.where(j <= i + offset, bias, -math.inf)
+    if nonpad is not None:
+        keep = torch.arange(kl).reshape(1, -1) < nonpad.reshape(-1, 1)
+        bias = bias + torch.where(keep, 0.0, -math.inf).to(q.dtype).reshape(b, 1, 1, kl)
+    if q.shape[1] != k.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], 1)
+    qk = (q * s) @ (k * s).transpose(-1, -2)
+    if softcap > 0:
+        qk = softcap * torch.tanh(qk / softcap)
+    with_bias = qk + bias
+    out_qk = with_bias if qk_mode == 2 else qk
+    if softmax_dtype is not None:
+        with_bias = with_bias.to(softmax_dtype)
+    row_max = with_bias.amax(-1, keepdim=True)
+    masked = torch.isneginf(row_max)
+    e = torch.exp(with_bias - torch.where(masked, 0.0, row_max))
+    tot = e.sum(-1, keepdim=True)
+    p = e / torch.where(tot == 0, 1.0, tot)
+    p = torch.where(torch.isneginf(bias.amax(-1, keepdim=True)), 0.0, p)
+    if qk_mode == 3:
+        out_qk = p
+    p = p.to(q.dtype)
+    y = p @ v
+    if three_d:
+        y = y.transpose(1, 2).reshape(b, ql, -1)
+    return y, present_k, present_v, out_qk.to(q.dtype)
+''')

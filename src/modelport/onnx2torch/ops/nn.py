@@ -180,3 +180,19 @@ def lpnormalization_1(n: Node) -> None:
     norm = n.tmp("norm")
     n.emit(f"{norm} = torch.linalg.vector_norm({x}, ord={p}, dim={axis}, keepdim=True)")
     n.assign(f"torch.where({norm} == 0, 0, {x} / {norm}).to({x}.dtype)")
+
+
+@register("Attention", since=23)
+def attention_23(n: Node) -> None:
+    from modelport.onnx2torch import dtypes
+
+    sp = n.attr("softmax_precision")
+    args = [n.x(i) or "None" for i in range(3)] + [n.x(i) or "None" for i in range(3, 7)]
+    kw = (f"{n.attr('is_causal', 0)}, {lit(n.attr('q_num_heads'))}, {lit(n.attr('kv_num_heads'))}, "
+          f"{lit(n.attr('scale'))}, {lit(n.attr('softcap', 0.0))}, {n.attr('qk_matmul_output_mode', 0)}, "
+          f"{dtypes.torch_dtype(sp) if sp else 'None'}")
+    call = f"{n.helper('_attention')}({', '.join(args)}, {kw})"
+    if n.n_out == 1:
+        n.assign(f"{call}[0]")
+    else:
+        n.assign_many(f"{call}[:{n.n_out}]", list(range(n.n_out)))
