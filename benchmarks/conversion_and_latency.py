@@ -14,8 +14,9 @@ source and ONNX side by side, runs interleaved.
 Columns:
     model        the model and its source format
     route        the converter chain the planner chose (source -> ... -> onnx)
-    convert s    wall time of the conversion, parity check included
-    parity       ok / FAIL from verifying the ONNX model against the source (two input shapes)
+    convert s    wall time of the conversion (parity is checked separately, not timed here)
+    parity       ok / FAIL from verifying the ONNX model against the source (random inputs
+                 at two shapes, default fp32 tolerances rtol 1e-4, atol 1e-5)
     max rel err  worst max relative error over every output and input shape checked
     src b1 / onnx b1 / x b1   p50 latency (ms) at batch 1 in the source framework, in
                  onnxruntime, and their ratio (onnx / source: below 1 means onnxruntime is faster)
@@ -25,6 +26,7 @@ Columns:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -128,11 +130,17 @@ def _worst_rel(parity) -> float | None:
 
 
 def run_case(case: Case, work: Path, args, say: Callable[[str], None]) -> Result:
+    """Convert (unverified, timed), verify separately, then bench source vs ONNX.
+
+    Verifying apart from converting keeps a model that fails parity in the table with its
+    latency (the pipeline's own verify writes nothing when parity fails).
+    """
     from modelport.convert.pipeline import convert
-    from modelport.convert.registry import ConvertOptions
-    from modelport.errors import CheckFailedError, ModelportError
+    from modelport.convert.registry import ConvertOptions, plan
+    from modelport.errors import ModelportError
     from modelport.formats import detect
     from modelport.latency import bench
+    from modelport.verify import verify
 
     d = work / case.name
     d.mkdir(parents=True, exist_ok=True)
@@ -140,25 +148,22 @@ def run_case(case: Case, work: Path, args, say: Callable[[str], None]) -> Result
     src, opts = case.build(d)
     fmt = detect(src)
     dims = {"sequence": SEQUENCE}
-    say(f"{case.name}: converting {fmt} -> onnx")
+    route = " -> ".join([fmt, *(f"{e.dst} ({e.name})" for e in plan(fmt, "onnx"))])
+    say(f"{case.name}: converting {route}")
     started = time.perf_counter()
     try:
         report = convert(src, "onnx", d / "model.onnx", options=ConvertOptions(inputs=opts.inputs, weights=opts.weights),
-                         dims=dims, progress=lambda m: say(f"{case.name}: {m}"))
-    except CheckFailedError as exc:
-        parity = exc.report
-        return Result(case.name, fmt, "?", time.perf_counter() - started, False,
-                      _worst_rel(parity) if parity is not None else None, None, f"parity failed: {exc}")
+                         verify=False)
     except ModelportError as exc:
-        return Result(case.name, fmt, "-", time.perf_counter() - started, None, None, None, str(exc))
+        return Result(case.name, fmt, route, time.perf_counter() - started, None, None, None, f"conversion failed: {exc}")
     seconds = time.perf_counter() - started
-    route = " -> ".join([fmt, *[f"onnx ({r})" for r in report.route]]) if len(report.route) == 1 else \
-        f"{fmt} -> " + " -> ".join(report.route)
-    parity = report.parity
-    b = bench([src, report.artifact.path], batches=(1, 8), threads=args.threads, warmup=args.warmup, runs=args.runs,
+    onnx_path = report.artifact.path
+    say(f"{case.name}: verifying parity")
+    parity = verify(src, onnx_path, a_options=opts, dims=dims)
+    error = None if parity.ok else f"parity failed: {parity.summary()}"
+    b = bench([src, onnx_path], batches=(1, 8), threads=args.threads, warmup=args.warmup, runs=args.runs,
               options=[opts, None], dims=dims, progress=lambda m: say(f"{case.name}: {m}"))
-    return Result(case.name, fmt, route, seconds, parity.ok if parity else None,
-                  _worst_rel(parity) if parity else None, to_jsonable(b))
+    return Result(case.name, fmt, route, seconds, parity.ok, _worst_rel(parity), to_jsonable(b), error)
 
 
 def _ms(row: dict | None) -> str:
@@ -222,11 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     err = Console(stderr=True)
-    say = (lambda msg: err.print(f"[dim]{msg}[/dim]", highlight=False)) if not args.json else (lambda msg: None)
+    say = (lambda msg: err.print(f"[dim]{msg}[/dim]", highlight=False, soft_wrap=True)) if not args.json else (lambda msg: None)
     started = time.perf_counter()
     results = []
-    with tempfile.TemporaryDirectory(prefix="modelport-bench-") as tmp:
-        for case in cases:
+    with tempfile.TemporaryDirectory(prefix="modelport-bench-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        for case in cases:  # stdout is the table's or the JSON's alone
             results.append(run_case(case, Path(tmp), args, say))
     machine = next((r.latency["machine"] for r in results if r.latency), None)
     if args.json:

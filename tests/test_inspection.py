@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from onnx import helper, numpy_helper
 from modelport.artifact import TensorSpec, to_jsonable
 from modelport.formats import LoadOptions
 from modelport.inspection import inspect
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _save(model: onnx.ModelProto, path: Path, **kwargs) -> str:
@@ -177,13 +174,12 @@ def test_report_is_jsonable(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported_cnn(tmp_path_factory):
+def exported_cnn(tmp_path_factory, cnn):
     """The zoo CNN and its dynamo export (optimized: BN folded into Conv; and unoptimized)."""
     import torch
     import zoo
 
-    d = tmp_path_factory.mktemp("cnn")
-    cnn = zoo.write_cnn(d)
+    d = tmp_path_factory.mktemp("cnn_export")
     module = zoo._cnn_eval(cnn)
     x = torch.randn(2, 3, 32, 32)
     paths = {}
