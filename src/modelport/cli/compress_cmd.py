@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         if report.layers:
             console.print(_layers_table(report))
         if report.kept_float:
-            console.print(f"kept in float (accuracy control): {', '.join(report.kept_float)}")
+            console.print(f"left uncompressed by accuracy control (float, unpruned): {', '.join(report.kept_float)}")
         if report.parity is not None:
             how = "at fp16 tolerance" if report.parity_enforced else "informational: judged on the metric, not elementwise"
             console.print(f"parity ({how}): {report.parity.summary()}")
