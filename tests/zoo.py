@@ -25,6 +25,7 @@ __all__ = [
     "TorchModel",
     "input_specs",
     "load_module",
+    "cnn_eval",
     "cache_dir",
     "cached",
     "write_cnn",
@@ -151,12 +152,16 @@ def write_cnn(directory: str | Path) -> TorchModel:
     return TorchModel(spec, {"safetensors": str(d / "cnn.safetensors"), "pt": str(d / "cnn.pt")}, (CNN_INPUT,), str(d))
 
 
-def _cnn_eval(cnn: TorchModel):
+def cnn_eval(cnn: TorchModel):
+    """The CNN as an eager nn.Module in eval mode, with its saved weights."""
     from safetensors.torch import load_file
 
     model = load_module(cnn.spec)
     model.load_state_dict(load_file(cnn.safetensors))
     return model.eval()
+
+
+_cnn_eval = cnn_eval  # the old name, kept for callers that use it
 
 
 def write_cnn_pt2(directory: str | Path, cnn: TorchModel | None = None) -> str:
@@ -165,7 +170,7 @@ def write_cnn_pt2(directory: str | Path, cnn: TorchModel | None = None) -> str:
 
     d = Path(directory)
     cnn = cnn or write_cnn(d / "cnn_src")
-    model = _cnn_eval(cnn)
+    model = cnn_eval(cnn)
     batch = torch.export.Dim("batch", min=1, max=1024)
     example = (torch.randn(2, 3, 32, 32),)
     ep = torch.export.export(model, example, dynamic_shapes={"x": {0: batch}})
@@ -180,7 +185,7 @@ def write_cnn_torchscript(directory: str | Path, cnn: TorchModel | None = None, 
 
     d = Path(directory)
     cnn = cnn or write_cnn(d / "cnn_src")
-    model = _cnn_eval(cnn)
+    model = cnn_eval(cnn)
     ts = torch.jit.script(model) if script else torch.jit.trace(model, (torch.randn(2, 3, 32, 32),))
     path = d / ("cnn_scripted.pt" if script else "cnn_traced.pt")
     torch.jit.save(ts, str(path))
