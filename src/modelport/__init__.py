@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+# The packages modelport.convert and modelport.verify are loaded before the functions of the
+# same names are bound here, so that a later import of a submodule cannot rebind the name.
+import modelport.convert as _convert_package  # noqa: F401
+import modelport.verify as _verify_package  # noqa: F401
 from modelport.api import bench, convert, inspect, load, verify
 from modelport.artifact import Artifact, Signature, StepRecord, TensorSpec
 from modelport.errors import (

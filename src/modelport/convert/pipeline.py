@@ -62,18 +62,30 @@ def place(tmp_path: Path, out: Path) -> None:
         os.replace(tmp_path, out)
 
 
-def _verify_specs(src_sig, dst_sig) -> tuple[TensorSpec, ...] | None:
-    """Draw random inputs from the converted model's specs when it has more dynamic dims."""
+# Formats whose example-input shapes are hints, not constraints: they run at any batch size.
+_SHAPE_AGNOSTIC = {"torch-module", "torchscript", "torch-export", "torch"}
+
+
+def _verify_specs(src_fmt: str, src_sig, dst_sig) -> tuple[TensorSpec, ...] | None:
+    """Input specs (named as the source's) that both models accept, dynamic wherever both allow.
+
+    A dim fixed in the converted model stays fixed; a dim dynamic in the converted model
+    stays dynamic unless the source fixes it (and the source is not shape-agnostic).
+    """
     if len(src_sig.inputs) != len(dst_sig.inputs):
-        return None
-    dyn = lambda specs: sum(1 for s in specs for d in (s.shape or ()) if not isinstance(d, int))  # noqa: E731
-    if dyn(dst_sig.inputs) <= dyn(src_sig.inputs):
         return None
     by_name = {s.name: s for s in dst_sig.inputs}
     out = []
     for i, s in enumerate(src_sig.inputs):
         d = by_name.get(s.name) or dst_sig.inputs[i]
-        out.append(TensorSpec(s.name, s.dtype, d.shape))
+        if d.shape is None or s.shape is None or len(d.shape) != len(s.shape):
+            out.append(TensorSpec(s.name, s.dtype, d.shape if s.shape is None else s.shape))
+            continue
+        dims = tuple(
+            dd if isinstance(dd, int) or src_fmt in _SHAPE_AGNOSTIC or not isinstance(sd, int) else sd
+            for sd, dd in zip(s.shape, d.shape)
+        )
+        out.append(TensorSpec(s.name, s.dtype, dims))
     return tuple(out)
 
 
@@ -164,7 +176,7 @@ def convert(
             with open_runner(src, fmt, LoadOptions(weights=options.weights, inputs=options.inputs)) as ra, \
                     open_runner(current, to) as rb:
                 parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed,
-                                         specs=None if inputs is not None else _verify_specs(ra.signature, rb.signature))
+                                         specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature))
                 sig = rb.signature
             last = steps[-1]
             steps[-1] = dataclasses.replace(last, verified=parity.ok)

@@ -78,6 +78,10 @@ class BaseRunner:
 
 def require(module: str, extra: str, purpose: str = "") -> Any:
     """Import a framework lazily, or fail naming the extra that provides it."""
+    if module.split(".")[0] in ("tensorflow", "tf2onnx", "keras", "ai_edge_litert"):
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read once, when TF is first imported
     try:
         return importlib.import_module(module)
     except ImportError as exc:
