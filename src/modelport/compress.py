@@ -53,10 +53,13 @@ class _Plan:
     prune: float | None
     prune_scope: str
     calibration: tuple[dict[str, np.ndarray], ...]
+    structured: bool = False
 
     def steps(self) -> tuple[str, ...]:
         out = []
-        if self.prune:
+        if self.prune and self.structured:
+            out.append(f"prune {self.prune:g} structured: channels/neurons by L2 magnitude (Torch-Pruning), re-exported with torch.onnx")
+        elif self.prune:
             out.append(f"prune {self.prune:g} unstructured magnitude ({self.prune_scope} threshold)")
         if self.quantize == "static":
             out.append(f"quantize int8 static QDQ, {self.calibrate_method} calibration, "
@@ -77,8 +80,8 @@ def _check_args(quantize, calibration, calibrate_method, prune, structured, eval
         raise BadInputError("nothing to do: give quantize (dynamic, static, fp16, int4) and/or prune FRACTION")
     if prune is not None and not 0.0 < float(prune) < 1.0:
         raise BadInputError(f"prune fraction must be in (0, 1), got {prune}")
-    if structured:
-        raise UnsupportedError("structured pruning is not implemented yet (unstructured magnitude pruning is)")
+    if structured and prune is None:
+        raise BadInputError("structured pruning needs a fraction (--prune FRACTION --structured)")
     if calibrate_method not in quant.CALIBRATION_METHODS:
         raise BadInputError(f"unknown calibration method {calibrate_method!r}; known: {', '.join(quant.CALIBRATION_METHODS)}")
     if quantize == "static" and calibration is None:
@@ -103,11 +106,23 @@ def _calibration_chunks(data: ArrayData, specs) -> tuple[dict[str, np.ndarray], 
     return tuple(quant.batches(feeds, first.pop() if len(first) == 1 else 32))
 
 
+def _example_feeds(specs, data, calibration, source) -> dict[str, np.ndarray]:
+    """Two samples to trace the PyTorch module with: eval data, else calibration, else random."""
+    if data is not None:
+        return {k: v[:2] for k, v in data.feeds.items()}
+    if calibration:
+        return {k: v[:2] for k, v in calibration[0].items()}
+    from modelport.formats.onnx_format import index_bounds
+    from modelport.verify.inputs import make_inputs
+
+    return make_inputs(specs, seed=0, bounds=index_bounds(source))[0]
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for pkg in ("onnx", "onnxruntime", "onnxconverter-common", "numpy"):
+    for pkg in ("onnx", "onnxruntime", "onnxconverter-common", "numpy", "torch", "torch-pruning"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -127,7 +142,7 @@ class _Work:
 
         self.count += 1
         src = self.base
-        if self.plan.prune:
+        if self.plan.prune and not self.plan.structured:
             model = onnx.load(str(src))
             self.layers = prune_pass.magnitude_prune(model, self.plan.prune, scope=self.plan.prune_scope, exclude=exclude)
             src = self.work / f"trial{self.count}.pruned.onnx"
@@ -223,7 +238,8 @@ def compress(
         keep_io_float32: fp16 models keep float32 inputs and outputs.
         prune: fraction of Conv/Gemm/MatMul weights to set to zero, in (0, 1).
         prune_scope: "layer" (that fraction of every layer) or "global" (one threshold).
-        structured: remove whole channels (not implemented yet: UnsupportedError).
+        structured: remove whole channels/neurons (through PyTorch and Torch-Pruning) instead of
+            zeroing single weights; ``prune`` is then the share of channels removed per layer.
         eval_data: .npz or dict with the inputs plus integer ``labels``: top-1 before/after.
         max_drop: largest acceptable top-1 drop (0.01 = one point); layers that hurt most
             are left uncompressed until it holds.
@@ -248,9 +264,9 @@ def compress(
     source = load_model(src)
     specs = graph_signature(source).inputs
     plan = _Plan(quantize, calibrate_method, per_channel, keep_io_float32, float(prune) if prune else None,
-                 prune_scope, _calibration_chunks(calibration, specs) if calibration is not None else ())
+                 prune_scope, _calibration_chunks(calibration, specs) if calibration is not None else (), structured)
     data = accuracy_control.load_eval_data(eval_data, specs) if eval_data is not None else None
-    if plan.prune and not prune_pass.prunable_weights(source):
+    if plan.prune and not structured and not prune_pass.prunable_weights(source):
         prune_pass.magnitude_prune(source, plan.prune, scope=prune_scope)  # raises the clear error
     dest = Path(out) if out is not None else default_output(src, quantize, plan.prune)
     if dest.resolve() == src.resolve():
@@ -258,15 +274,24 @@ def compress(
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     notes: list[str] = []
+    structured_layers: tuple = ()
     try:
         base = work / "base.onnx"
+        start = src
+        if structured:
+            from modelport.passes import structured_prune
+
+            say("structured pruning (ONNX -> PyTorch -> Torch-Pruning -> ONNX)")
+            start = work / "structured.onnx"
+            structured_layers, more = structured_prune.structured_prune(
+                src, start, plan.prune, work, _example_feeds(specs, data, plan.calibration, source))
+            notes += more
         if quantize in ("dynamic", "static"):
             say("quantization pre-processing")
-            notes += quant.preprocess(src, base)
+            notes += quant.preprocess(start, base)
             prepared = onnx.load(str(base))
         else:
-            prepared = onnx.ModelProto()
-            prepared.CopyFrom(source)
+            prepared = onnx.load(str(start)) if structured else source
         if quant.name_nodes(prepared):
             notes.append("unnamed nodes were given names (accuracy control refers to nodes by name)")
         onnx.save(prepared, str(base))
@@ -281,6 +306,11 @@ def compress(
         kept: tuple[str, ...] = ()
         ranking: tuple = ()
         trials = 1
+        if data is not None and max_drop is not None and baseline - metric > max_drop and structured and not quantize:
+            raise CheckFailedError(
+                f"accuracy budget not met: top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}% after structured pruning "
+                f"(drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}); structured pruning has no per-layer "
+                "control yet: prune less, or recover accuracy by distillation; nothing written", path=src)
         if data is not None and max_drop is not None and baseline - metric > max_drop:
             if quantize:
                 candidates = quant.quantizable_nodes(prepared, quantize)
@@ -328,7 +358,7 @@ def compress(
         os.replace(result_path, dest)
         return CompressReport(
             str(src), str(dest), artifact, steps, before, after, "top-1" if data is not None else None, max_drop,
-            kept, ranking, runner.layers, trials, parity, quantize == "fp16", True, time.perf_counter() - t0, _versions(), tuple(notes),
+            kept, ranking, runner.layers, structured_layers, trials, parity, quantize == "fp16", True, time.perf_counter() - t0, _versions(), tuple(notes),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -7,6 +7,7 @@ import dataclasses
 from modelport.artifact import Artifact
 from modelport.passes.accuracy_control import LayerSensitivity
 from modelport.passes.prune import LayerSparsity
+from modelport.passes.structured_prune import StructuredLayer
 
 __all__ = ["ModelStats", "CompressReport", "comparison_rows"]
 
@@ -42,7 +43,8 @@ class CompressReport:
         kept_float: nodes left uncompressed by accuracy control (float weights, no pruning).
         sensitivity: the metric with each layer alone left uncompressed, most harmful first
             (empty when the first try met the budget).
-        layers: per-layer sparsity of pruned weights.
+        layers: per-layer sparsity of pruned weights (unstructured pruning).
+        structured_layers: per-layer widths before and after (structured pruning).
         parity: how far the outputs moved (fp16: at fp16 tolerance, enforced; others:
             informational, at fp32 tolerance, since int8 and pruning are judged on the metric).
     """
@@ -58,6 +60,7 @@ class CompressReport:
     kept_float: tuple[str, ...] = ()
     sensitivity: tuple[LayerSensitivity, ...] = ()
     layers: tuple[LayerSparsity, ...] = ()
+    structured_layers: tuple[StructuredLayer, ...] = ()
     trials: int = 1
     parity: object | None = None
     parity_enforced: bool = False
