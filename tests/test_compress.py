@@ -289,6 +289,26 @@ def test_global_prune_reaches_the_fraction_over_all_layers(digits_cnn, tmp_path)
     assert len({round(layer.sparsity_after, 2) for layer in report.layers}) > 1  # thresholds are shared, not per layer
 
 
+@pytest.mark.slow
+def test_structured_prune_removes_channels_and_macs(digits_cnn, tmp_path):
+    out = tmp_path / "cnn.structured.onnx"
+    report = compress(digits_cnn["model"], out, prune=0.5, structured=True, eval_data=digits_cnn["eval"], bench_runs=20)
+    widths = {layer.module: (layer.width_before, layer.width_after) for layer in report.structured_layers}
+    assert widths["c1"] == (8, 4) and widths["c2"] == (16, 8) and widths["fc1"] == (96, 48)
+    assert widths["fc2"] == (10, 10)  # the output layer keeps its width
+    assert report.after.macs <= 0.35 * report.before.macs
+    assert report.after.params <= 0.35 * report.before.params
+    weights = _initializers(str(out))
+    assert sorted(w.shape for w in weights.values() if w.ndim == 4) == [(4, 1, 3, 3), (8, 4, 3, 3)]
+    from modelport.formats import open_runner
+
+    with open_runner(str(out)) as runner:  # the batch dim stays dynamic, the output name the original's
+        assert runner.signature.inputs[0].shape[0] not in (1, 2) and runner.signature.output_names == \
+            [o.name for o in __import__("onnx").load(digits_cnn["model"]).graph.output]
+    assert report.after.metric is not None and report.before.metric is not None
+    assert report.latency_ratio(8) is not None  # measured in the same run; speed-ups need bigger models
+
+
 # --------------------------------------------------------------------------- accuracy control
 
 

@@ -30,6 +30,15 @@ def _layers_table(report) -> Table:
     return table
 
 
+def _widths_table(report) -> Table:
+    table = Table(title="structured pruning: layer widths")
+    for col in ("module", "kind", "before", "after"):
+        table.add_column(col)
+    for layer in report.structured_layers:
+        table.add_row(layer.module, layer.kind, str(layer.width_before), str(layer.width_after))
+    return table
+
+
 def register(app: typer.Typer) -> None:
     @app.command("compress")
     def compress(
@@ -42,7 +51,7 @@ def register(app: typer.Typer) -> None:
         keep_io_float32: Annotated[bool, typer.Option("--keep-io-float32/--fp16-io", help="fp16: keep float32 inputs and outputs.")] = True,
         prune: Annotated[Optional[float], typer.Option("--prune", help="Fraction of Conv/Gemm/MatMul weights set to zero, in (0, 1).")] = None,
         prune_scope: Annotated[str, typer.Option("--prune-scope", help="layer (the fraction of every layer) | global (one threshold).")] = "layer",
-        structured: Annotated[bool, typer.Option("--structured", help="Remove whole channels (not implemented yet).")] = False,
+        structured: Annotated[bool, typer.Option("--structured", help="Remove whole channels/neurons (--prune is then the share removed per layer).")] = False,
         eval_data: Annotated[Optional[str], typer.Option("--eval", help="Eval inputs plus integer `labels` (.npz): top-1 before and after.")] = None,
         max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Largest acceptable top-1 drop, e.g. 0.01 (one point).")] = None,
         batch: Annotated[str, typer.Option("--batch", help="Batch sizes for latency, comma-separated.")] = "1,8",
@@ -72,6 +81,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"step: {step}")
         if report.layers:
             console.print(_layers_table(report))
+        if report.structured_layers:
+            console.print(_widths_table(report))
         if report.kept_float:
             console.print(f"left uncompressed by accuracy control (float, unpruned): {', '.join(report.kept_float)}")
         if report.parity is not None:
