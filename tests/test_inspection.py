@@ -268,3 +268,24 @@ def test_keras_count_params(tmp_path):
     assert report.param_bytes == report.params * 4
     assert report.signature.inputs[0].shape == ("batch", 6)
     assert report.macs is None
+
+
+@pytest.mark.slow
+def test_savedmodel_and_tflite_params_match_the_keras_source():
+    pytest.importorskip("tensorflow")
+    import zoo_tf
+
+    keras_report = inspect(zoo_tf.mlp_sequential())
+    assert keras_report.params == 64 * 32 + 32 + 32 * 10 + 10
+    exported = inspect(zoo_tf.exported_savedmodel())  # Keras tracks each weight twice in the export
+    assert exported.format == "savedmodel" and exported.params == keras_report.params
+    assert exported.param_bytes == keras_report.param_bytes
+    module = inspect(zoo_tf.module_savedmodel())
+    assert module.params == 4 * 3 + 3
+    assert [s.name for s in module.signature.outputs] == ["y", "z"]
+    lite = inspect(zoo_tf.tflite_from_keras("mlp"))
+    # the MLP is untrained: its biases are zeros, which TF's converter drops (FULLY_CONNECTED without bias)
+    assert all(not np.any(layer.bias.numpy()) for layer in zoo_tf._mlp().layers if hasattr(layer, "bias"))
+    assert lite.format == "tflite" and lite.params == 64 * 32 + 32 * 10
+    assert lite.op_histogram.get("FULLY_CONNECTED") == 2 and lite.node_count == sum(lite.op_histogram.values())
+    assert lite.file_bytes == Path(zoo_tf.tflite_from_keras("mlp")).stat().st_size

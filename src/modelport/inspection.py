@@ -474,24 +474,42 @@ def _inspect_keras(path: str, fmt: str, size: int, options: LoadOptions) -> Insp
     return InspectReport(path, fmt, size, sig, params, nbytes, notes=notes)
 
 
-def _inspect_savedmodel(path: str, fmt: str, size: int, options: LoadOptions) -> InspectReport:
+def _savedmodel_variables(path: str) -> list[tuple[str, tuple[int, ...], Any]]:
+    """(name, shape, tf dtype) of each variable in the SavedModel's object graph, read from
+    saved_model.pb alone; deduplicated by name, shape and dtype, since Keras exports keep each
+    weight under two paths (``variables`` and ``_all_variables``)."""
     import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
 
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    seen: dict[tuple, tuple[str, tuple[int, ...], Any]] = {}
+    for graph in sm.meta_graphs[:1]:
+        for node in graph.object_graph_def.nodes:
+            if node.WhichOneof("kind") != "variable":
+                continue
+            v = node.variable
+            shape = tuple(int(d.size) for d in v.shape.dim)
+            dtype = tf.dtypes.as_dtype(v.dtype)
+            seen.setdefault((v.name, shape, dtype.name), (v.name, shape, dtype))
+    return list(seen.values())
+
+
+def _inspect_savedmodel(path: str, fmt: str, size: int, options: LoadOptions) -> InspectReport:
     with open_runner(path, fmt, options) as runner:
         sig = runner.signature
     notes = ["MACs not computed for SavedModels"]
     params = nbytes = None
-    prefix = str(Path(path) / "variables" / "variables")
     try:
-        reader = tf.train.load_checkpoint(prefix)
-        shapes = reader.get_variable_to_shape_map()
-        dtypes = reader.get_variable_to_dtype_map()
-        names = [n for n in shapes if n.endswith("VARIABLE_VALUE") and "optimizer" not in n.lower()]
-        params = sum(int(np.prod(shapes[n])) for n in names)
-        nbytes = sum(int(np.prod(shapes[n])) * dtypes[n].size for n in names)
-        notes.append("parameters from the variables checkpoint's metadata (optimizer slots left out)")
+        variables = _savedmodel_variables(path)
     except Exception as exc:
-        notes.append(f"parameters unknown: cannot read the variables checkpoint ({type(exc).__name__})")
+        notes.append(f"parameters unknown: cannot read the object graph ({type(exc).__name__})")
+    else:
+        weights = [(shape, dtype) for _, shape, dtype in variables
+                   if not _is_shape_like("f" if dtype.is_floating else "i", len(shape))]
+        params = sum(math.prod(shape) for shape, _ in weights)
+        nbytes = sum(math.prod(shape) * dtype.size for shape, dtype in weights)
+        notes.append("parameters from the object graph's variables, deduplicated by name (optimizer slots included if saved)")
     return InspectReport(path, fmt, size, sig, params, nbytes, notes=tuple(notes))
 
 
