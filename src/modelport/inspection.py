@@ -72,6 +72,31 @@ class InspectReport:
     def __bool__(self) -> bool:
         return True
 
+    # Read-only aliases that the CLI's renderer reads (not part of the JSON).
+    @property
+    def file_size(self) -> int:
+        return self.file_bytes
+
+    @property
+    def n_params(self) -> int | None:
+        return self.params
+
+    @property
+    def n_nodes(self) -> int | None:
+        return self.node_count
+
+    @property
+    def opset(self) -> dict[str, int] | None:
+        return self.onnx.opsets if self.onnx else None
+
+    @property
+    def ir_version(self) -> int | None:
+        return self.onnx.ir_version if self.onnx else None
+
+    @property
+    def producer(self) -> str | None:
+        return (self.onnx.producer or None) if self.onnx else None
+
 
 def inspect(path: str | Path, fmt: str | None = None, options: LoadOptions | None = None) -> InspectReport:
     """Describe a model without running it (PyTorch modules run once to learn their outputs).
