@@ -190,7 +190,12 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, exact: 
         runs = []
         for feed in feeds:
             ref = _run_reference(ra, _map_feed(feed, boundaries, orig_dtypes))
-            got = {out_names.get(k, k): v for k, v in rb.run(feed).items()}
+            try:
+                got = {out_names.get(k, k): v for k, v in rb.run(feed).items()}
+            except Exception as exc:
+                shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in feed.items())
+                msg = " ".join(str(exc).split())[:300]
+                raise CheckFailedError(f"the adapted model fails on inputs {shapes}: {msg}", path=src) from None
             shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
             runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol)))
         parity = ParityReport(src, out, "onnx", "onnx", tuple(runs), all(runs), source)

@@ -225,11 +225,35 @@ def dynamic_batch(model: ir.Model, name: str = "batch") -> Boundary:
     for v in graph.outputs:
         if v.shape is not None and len(v.shape) and v.shape[0] in statics:
             v.shape = ir.Shape([name, *v.shape.dims[1:]])
+    relaxed = _relax_reshapes(graph, statics) if len(statics) == 1 else []
     outputs = set(id(v) for v in graph.outputs)
     for v in _all_values(graph):  # inner shapes recorded at the old size would contradict the new one
         if id(v) not in outputs and v not in graph.inputs and v.shape is not None and len(v.shape) and v.shape[0] in statics:
             v.shape = None
-    return Boundary("dynamic_batch", tuple(v.name for v in graph.inputs), {"dim": name})
+    params = {"dim": name, **({"reshapes_relaxed": relaxed} if relaxed else {})}
+    return Boundary("dynamic_batch", tuple(v.name for v in graph.inputs), params)
+
+
+def _relax_reshapes(graph: ir.Graph, statics: set) -> list[str]:
+    """Reshape to a constant shape that starts with the old static batch (a flatten): that entry becomes -1."""
+    (size,) = statics
+    relaxed = []
+    for node in list(graph):
+        if node.op_type != "Reshape" or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        tensor = ir.convenience.get_const_tensor(node.inputs[1])
+        if tensor is None:
+            continue
+        shape = tensor.numpy().astype(np.int64)
+        if shape.ndim != 1 or not len(shape) or shape[0] != size or (shape == -1).any():
+            continue
+        shape = shape.copy()
+        shape[0] = -1
+        const = _const(f"{node.name or 'reshape'}/batch_free_shape", shape)
+        graph.insert_before(node, [const])
+        node.replace_input_with(1, const.outputs[0])
+        relaxed.append(node.name or "Reshape")
+    return relaxed
 
 
 def rename(model: ir.Model, mapping: dict[str, str]) -> Boundary:

@@ -6,6 +6,7 @@ Where ``onnx.version_converter`` fails today, and what we do first:
   HardSwish < 14, Mish < 18): its exact decomposition rule rewrites it into primitive ops;
 - ``ReduceX``-18 / ``Squeeze``/``Unsqueeze``/``Split``-13 with axes from a ``Constant`` node:
   the converter only reads initializers, so constants are lifted into initializers;
+- ``Split``-18 down to 17 (no adapter): ``num_outputs`` becomes equal parts or explicit sizes;
 - ``Reshape``-14 down to 13 (no adapter at all): the node is held out of the conversion in a
   private domain and put back without ``allowzero``, which is exact when ``allowzero`` is 0 or
   the target shape is a constant without zeros; otherwise no automatic fix.
@@ -146,9 +147,59 @@ def _strip_default_noop(model: onnx.ModelProto) -> None:
                     node.attribute.remove(a)
 
 
+def _reshape_14_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+    if allowzero:
+        shape = consts.get(node.input[1])
+        if shape is None or (shape == 0).any():
+            raise UnsupportedError(f"Reshape node {node.name!r} uses allowzero=1 with a shape that may contain 0, "
+                                   f"which opset 13 cannot express; no automatic fix")
+    for a in list(node.attribute):
+        if a.name == "allowzero":
+            node.attribute.remove(a)
+            dropped.append(node.name)
+
+
+def _split_18_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    """Split-18 ``num_outputs=n`` -> Split-13: equal parts, or explicit sizes ceil(d/n)..., remainder when d % n."""
+    num = next((a.i for a in node.attribute if a.name == "num_outputs"), None)
+    if num is None:
+        return
+    for a in list(node.attribute):
+        if a.name == "num_outputs":
+            node.attribute.remove(a)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    dim = _static_dim(model, node.input[0], axis)
+    if dim is not None and dim % num:
+        chunk = -(-dim // num)
+        sizes = [chunk] * (num - 1) + [dim - chunk * (num - 1)]
+        name = f"{node.name or node.output[0]}.split_sizes"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+        while len(node.input) < 2:
+            node.input.append("")
+        node.input[1] = name
+
+
+def _static_dim(model: onnx.ModelProto, name: str, axis: int) -> int | None:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return None
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            d = dims[axis] if -len(dims) <= axis < len(dims) else None
+            return int(d.dim_value) if d is not None and d.HasField("dim_value") else None
+    return None
+
+
+# Our adapters for down-conversions the converter lacks: (op, version) -> rewrite into the version-1 form.
+_DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down}
+
+
 def _hold_step(model: onnx.ModelProto, version: int, down: bool, dropped: list[str]) -> int:
     """Before the converter crosses the boundary at ``version``: hold the nodes it has no adapter for
-    but which need none (a type-only schema change; Reshape-14 without allowzero)."""
+    but which need none (a type-only schema change) or which our own adapters rewrote."""
     consts = _constant_values(model)
     held = 0
     for node in _all_nodes(model.graph):
@@ -160,17 +211,9 @@ def _hold_step(model: onnx.ModelProto, version: int, down: bool, dropped: list[s
             continue
         if not changed:
             continue
-        if node.op_type == "Reshape" and version == 14 and down:
-            allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
-            if allowzero:
-                shape = consts.get(node.input[1])
-                if shape is None or (shape == 0).any():
-                    raise UnsupportedError(f"Reshape node {node.name!r} uses allowzero=1 with a shape that may contain 0, "
-                                           f"which opset 13 cannot express; no automatic fix")
-            for a in list(node.attribute):
-                if a.name == "allowzero":
-                    node.attribute.remove(a)
-                    dropped.append(node.name)
+        adapter = _DOWN_ADAPTERS.get((node.op_type, version)) if down else None
+        if adapter is not None:
+            adapter(node, model, consts, dropped)
         elif not _changed_type_only(node.op_type, version):
             continue
         node.domain = HOLD_DOMAIN
