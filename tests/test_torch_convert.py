@@ -215,3 +215,17 @@ def test_cli_convert_static_batch_no_verify(cli, cnn, tmp_path):
     assert json.loads(res.stdout)["parity"] is None
     assert _onnx_input_dims(out) == [[1, 3, 32, 32]]
 
+
+
+def test_model_that_fixes_the_batch_is_refused_then_exports_static(cli, tmp_path):
+    model = zoo.write_fixed_batch_model(tmp_path / "m")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "m.onnx", "--input", model.inputs[0])
+    assert res.exit_code == 3, res.stderr
+    assert "fixes a dim" in res.stderr and "shape[0]" in res.stderr and "--static-batch" in res.stderr
+    assert list(out_dir.iterdir()) == []
+    res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "m.onnx", "--input", model.inputs[0], "--static-batch", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["parity"]["ok"] is True
+    assert _onnx_input_dims(out_dir / "m.onnx") == [[2, 8]]

@@ -144,3 +144,12 @@ def test_torch_dir_written_by_convert(cnn_onnx, tmp_path):
     (out / "modelport_torch.json").unlink()
     with pytest.raises(BadInputError, match="directory is no model"):
         formats.detect(out)
+
+
+def test_module_runner_reports_a_failing_forward(tmp_path):
+    model = zoo.write_fixed_batch_model(tmp_path)
+    specs = zoo.input_specs(model)
+    with open_runner(model.spec, options=LoadOptions(inputs=specs)) as r:
+        assert r.run({"x": np.ones((2, 8), np.float32)})["output_0"].shape == (2, 3)
+        with pytest.raises(BadInputError, match=r"the model fails on inputs x:3x8:float32: RuntimeError"):
+            r.run({"x": np.ones((3, 8), np.float32)})

@@ -34,6 +34,7 @@ __all__ = [
     "write_bert",
     "write_gpt2",
     "write_fallback_model",
+    "write_fixed_batch_model",
     "write_unexportable_model",
     "CNN_INPUT",
     "TEXT_INPUTS",
@@ -297,6 +298,29 @@ class NumpyRoundTrip(nn.Module):
         y = self.linear(x).detach().numpy()
         return torch.from_numpy(np.sort(y, axis=-1).copy())
 '''
+
+
+FIXED_BATCH_SOURCE = '''
+import torch
+from torch import nn
+
+
+class FixedBatch(nn.Module):
+    """Adds a (2, 3) buffer: only batch 2 (or 1) broadcasts, so the batch dim cannot be dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+        self.register_buffer("offset", torch.arange(6.0).reshape(2, 3))
+
+    def forward(self, x):
+        return self.linear(x) + self.offset
+'''
+
+
+def write_fixed_batch_model(directory: str | Path) -> TorchModel:
+    """A module that only works at batch 2: a dynamic batch must be refused, --static-batch must work."""
+    return _write_source(directory, "fixed_batch.py", FIXED_BATCH_SOURCE, "FixedBatch", ("x:2x8:float32",))
 
 
 def write_fallback_model(directory: str | Path) -> TorchModel:

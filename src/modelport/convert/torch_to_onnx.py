@@ -58,6 +58,18 @@ def _short(exc: BaseException) -> str:
     return text[:400]
 
 
+def _specialization(exc: BaseException) -> str | None:
+    """torch.export's complaint that the model fixes a dim the input specs mark dynamic, else None."""
+    text = _ANSI.sub("", str(_root_cause(exc)))
+    if "conflicts between user-specified ranges" not in text and "Constraints violated" not in text:
+        return None
+    lines = [ln.strip(" -") for ln in text.splitlines() if "shape" in ln or "specializ" in ln]
+    return " ".join((lines[0] if lines else text.splitlines()[0]).split())[:300]
+
+
+_STATIC_HINT = "export with --static-batch, or give fixed sizes in --input"
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' progress prints, warnings and log records for one attempt."""
@@ -95,6 +107,10 @@ def _with_dynamic_batch(specs: tuple[TensorSpec, ...], dynamic_batch: bool) -> t
             s = TensorSpec(s.name, s.dtype, tuple(d if isinstance(d, int) else (1 if i == 0 else 8) for i, d in enumerate(s.shape)))
         out.append(s)
     return tuple(out)
+
+
+def _has_batch(specs: tuple[TensorSpec, ...]) -> bool:
+    return any(s.shape and s.shape[0] == "batch" for s in specs)
 
 
 def _example_args(specs: tuple[TensorSpec, ...]) -> tuple[Any, ...]:
@@ -163,7 +179,10 @@ def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, optio
     try:
         out_names = _output_names(model, args) if not isinstance(model, torch.export.ExportedProgram) else None
     except Exception as exc:
-        raise BadInputError(f"the model fails on example inputs {[str(s) for s in specs]}: {_short(exc)}", path=src) from None
+        hint = f" (the batch dim is dynamic by default; {_STATIC_HINT})" if _has_batch(specs) else ""
+        raise BadInputError(
+            f"the model fails on example inputs {[str(s) for s in specs]}: {_short(exc)}{hint}", path=src
+        ) from None
     if isinstance(model, torch.jit.ScriptModule):
         strategies = [("torchscript", _export_torchscript)]  # torch.export cannot capture a ScriptModule
     else:
@@ -178,6 +197,12 @@ def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, optio
             _check_inputs_kept(out_path, specs)
         except Exception as exc:
             attempts.append(Attempt(name, False, _short(exc)))
+            fixed = _specialization(exc) if name == "dynamo" else None
+            if fixed:  # a fallback would export a graph whose "dynamic" dims are frozen
+                raise ExportError(
+                    f"export failed: the model fixes a dim that the inputs mark dynamic ({fixed}); {_STATIC_HINT}",
+                    path=src,
+                ) from None
             continue
         attempts.append(Attempt(name, True))
         detail = "; ".join(f"{a.strategy} exporter failed ({a.error})" for a in attempts if not a.ok)

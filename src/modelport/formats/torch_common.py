@@ -73,8 +73,13 @@ class TorchCallableRunner(BaseRunner):
             if spec.name not in feeds:
                 raise BadInputError(f"missing input {spec.name!r}", path=self.path)
             args.append(torch.from_numpy(np.ascontiguousarray(feeds[spec.name])).to(self.device))
-        with torch.inference_mode():
-            out = self.fn(*args)
+        try:
+            with torch.inference_mode():
+                out = self.fn(*args)
+        except Exception as exc:
+            shapes = ", ".join(f"{s.name}:{'x'.join(map(str, a.shape))}:{str(a.dtype).removeprefix('torch.')}" for s, a in zip(self._inputs, args))
+            first = " ".join(str(exc).strip().split("\n")[0].split())[:300]
+            raise BadInputError(f"the model fails on inputs {shapes}: {type(exc).__name__}: {first}", path=self.path) from None
         flat = flatten_outputs(out)
         if self._outputs is None or len(self._outputs) != len(flat):
             self._set_outputs(flat)
