@@ -21,7 +21,6 @@ KNOWN_FAILURES: dict[str, str] = {
     r"attention_(3d|4d).*(bf16|fp16)": "half-precision attention rounds differently (rtol 1e-3)",
     r"attention_.*(local_window|bidirectional_window)": "Attention window attributes (opset 24+) not converted",
     r"rotary_embedding": "RotaryEmbedding not converted yet",
-    r"(simple_)?rnn_|gru_|lstm_": "RNN/GRU/LSTM not converted yet",
     r"image_decoder|string_|strnorm|regex_full_match|equal_string|tfidfvectorizer|ai_onnx_ml":
         "string / ai.onnx.ml ops have no torch equivalent",
     r"nonmaxsuppression|roialign|deform_conv|col2im|maxunpool|center_crop_pad|affine_grid":

@@ -579,3 +579,78 @@ def _attention(q, k, v, mask=None, past_k=None, past_v=None, nonpad=None, is_cau
         y = y.transpose(1, 2).reshape(b, ql, -1)
     return y, present_k, present_v, out_qk.to(q.dtype)
 ''')
+
+_h('''
+def _rnn(kind, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, hidden=None,
+         direction="forward", layout=0, acts=None, clip=None, lbr=0, input_forget=0):
+    """ONNX RNN / GRU / LSTM: (Y, Y_h[, Y_c]) with Y as [seq, dirs, batch, hidden]."""
+    fns = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu}
+    if layout:
+        x = x.transpose(0, 1)
+        h0 = None if h0 is None else h0.transpose(0, 1)
+        c0 = None if c0 is None else c0.transpose(0, 1)
+    seq, batch = x.shape[0], x.shape[1]
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    hs = r.shape[-1]
+    dirs = 2 if direction == "bidirectional" else 1
+    ys, yh, yc = [], [], []
+    for d in range(dirs):
+        f = fns[acts[d * len(acts) // dirs]] if acts else torch.sigmoid
+        g = fns[acts[d * len(acts) // dirs + 1]] if acts and len(acts) // dirs > 1 else torch.tanh
+        hfn = fns[acts[d * len(acts) // dirs + 2]] if acts and len(acts) // dirs > 2 else torch.tanh
+        if kind == "RNN":
+            f = fns[acts[d * len(acts) // dirs]] if acts else torch.tanh
+        wb = b[d, : gates * hs] if b is not None else 0
+        rb = b[d, gates * hs:] if b is not None else 0
+        h = h0[d] if h0 is not None else x.new_zeros(batch, hs)
+        c = c0[d] if c0 is not None else x.new_zeros(batch, hs)
+        out = [None] * seq
+        reverse = direction == "reverse" or d == 1
+        for step in range(seq):
+            t = seq - 1 - step if reverse else step
+            xw = x[t] @ w[d].T + wb
+            hr = h @ r[d].T + rb
+            if kind == "RNN":
+                a = xw + hr
+                a = a.clamp(-clip, clip) if clip else a
+                nh, nc = f(a), c
+            elif kind == "GRU":
+                xz, xr, xh = xw.chunk(3, -1)
+                hz, hr_, hh = hr.chunk(3, -1)
+                rb_h = rb[2 * hs:] if b is not None else 0
+                z = f(xz + hz if not clip else (xz + hz).clamp(-clip, clip))
+                rr = f(xr + hr_ if not clip else (xr + hr_).clamp(-clip, clip))
+                if lbr:
+                    a = xh + rr * hh
+                else:
+                    a = xh + (rr * h) @ r[d][2 * hs:].T + rb_h
+                a = a.clamp(-clip, clip) if clip else a
+                nh, nc = (1 - z) * g(a) + z * h, c
+            else:
+                a = xw + hr
+                a = a.clamp(-clip, clip) if clip else a
+                ai, ao, af, ac = a.chunk(4, -1)
+                if p is not None:
+                    ai = ai + p[d, :hs] * c
+                    af = af + p[d, 2 * hs:] * c
+                i = f(ai)
+                fg = 1 - i if input_forget else f(af)
+                nc = fg * c + i * g(ac)
+                if p is not None:
+                    ao = ao + p[d, hs: 2 * hs] * nc
+                nh = f(ao) * hfn(nc)
+            if lens is not None:
+                live = (t < lens).reshape(-1, 1)
+                nh, nc = torch.where(live, nh, h), torch.where(live, nc, c)
+                out[t] = torch.where(live, nh, torch.zeros_like(nh))
+            else:
+                out[t] = nh
+            h, c = nh, nc
+        ys.append(torch.stack(out))
+        yh.append(h)
+        yc.append(c)
+    y, y_h, y_c = torch.stack(ys, 1), torch.stack(yh), torch.stack(yc)
+    if layout:
+        y, y_h, y_c = y.permute(2, 0, 1, 3), y_h.transpose(0, 1), y_c.transpose(0, 1)
+    return y, y_h, y_c
+''')
