@@ -50,13 +50,24 @@ class TorchCallableRunner(BaseRunner):
         self.device = device
         self._inputs = inputs
         self._outputs: tuple[TensorSpec, ...] | None = None
+        self._last_batch: int | None = None
 
     def _set_outputs(self, outs: list[tuple[str | None, Any]]) -> None:
         specs = []
+        batch = self._batch_dim()
         for i, (name, t) in enumerate(outs):
-            shape = tuple(int(d) for d in t.shape)
+            shape: tuple[int | str, ...] = tuple(int(d) for d in t.shape)
+            if batch and shape and shape[0] == batch[1]:  # follows the inputs' symbolic batch (one run's guess)
+                shape = (batch[0], *shape[1:])
             specs.append(TensorSpec(name or f"output_{i}", np_dtype_of(t.dtype), shape))
         self._outputs = tuple(specs)
+
+    def _batch_dim(self) -> tuple[str, int] | None:
+        """(name, size in the last run) of a symbolic dim 0 that every input shares, else None."""
+        first = {s.shape[0] if s.shape else None for s in self._inputs}
+        if len(first) != 1 or not isinstance(next(iter(first)), str) or self._last_batch is None:
+            return None
+        return next(iter(first)), self._last_batch
 
     @property
     def signature(self) -> Signature:
@@ -81,6 +92,7 @@ class TorchCallableRunner(BaseRunner):
             first = " ".join(str(exc).strip().split("\n")[0].split())[:300]
             raise BadInputError(f"the model fails on inputs {shapes}: {type(exc).__name__}: {first}", path=self.path) from None
         flat = flatten_outputs(out)
+        self._last_batch = int(args[0].shape[0]) if args and args[0].dim() else None
         if self._outputs is None or len(self._outputs) != len(flat):
             self._set_outputs(flat)
         assert self._outputs is not None

@@ -29,22 +29,34 @@ def load_program(path: str):
         raise BadInputError(f"cannot load ExportedProgram ({msg})", path=path) from None
 
 
-def _shape(val) -> tuple[int | str, ...]:
-    return tuple(int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in val.shape)
+def _shape(val, names: dict[str, str] | None = None) -> tuple[int | str, ...]:
+    names = names or {}
+    return tuple(int(d) if isinstance(d, int) or str(d).isdigit() else names.get(str(d), str(d)) for d in val.shape)
+
+
+def _user_input_vals(ep) -> list[tuple[str, object]]:
+    torch = torch_module()
+    user = set(ep.graph_signature.user_inputs)
+    return [
+        (n.name, n.meta.get("val"))
+        for n in ep.graph.nodes
+        if n.op == "placeholder" and n.name in user and isinstance(n.meta.get("val"), torch.Tensor)
+    ]
+
+
+def dim_names(ep) -> dict[str, str]:
+    """Readable names for torch.export's symbols: the symbol at dim 0 of every input is "batch"."""
+    firsts = {str(v.shape[0]) for _, v in _user_input_vals(ep) if v.dim()}
+    if len(firsts) == 1:
+        sym = next(iter(firsts))
+        if not sym.isdigit():
+            return {sym: "batch"}
+    return {}
 
 
 def program_inputs(ep) -> tuple[TensorSpec, ...]:
-    torch = torch_module()
-    user = set(ep.graph_signature.user_inputs)
-    specs = []
-    for node in ep.graph.nodes:
-        if node.op != "placeholder" or node.name not in user:
-            continue
-        val = node.meta.get("val")
-        if not isinstance(val, torch.Tensor):
-            continue
-        specs.append(TensorSpec(node.name, np_dtype_of(val.dtype), _shape(val)))
-    return tuple(specs)
+    names = dim_names(ep)
+    return tuple(TensorSpec(name, np_dtype_of(val.dtype), _shape(val, names)) for name, val in _user_input_vals(ep))
 
 
 def program_outputs(ep) -> tuple[TensorSpec, ...] | None:
@@ -55,12 +67,13 @@ def program_outputs(ep) -> tuple[TensorSpec, ...] | None:
     if out_node is None or not user:
         return None
     by_name = {getattr(a, "name", None): a for a in out_node.args[0]}
+    names = dim_names(ep)
     specs = []
     for i, name in enumerate(user):
         val = getattr(by_name.get(name), "meta", {}).get("val")
         if not isinstance(val, torch.Tensor):
             return None
-        specs.append(TensorSpec(f"output_{i}", np_dtype_of(val.dtype), _shape(val)))
+        specs.append(TensorSpec(f"output_{i}", np_dtype_of(val.dtype), _shape(val, names)))
     return tuple(specs)
 
 
