@@ -408,3 +408,17 @@ def test_unfixable_problem_writes_nothing(cli, tmp_path):
     res = cli("adapt", src, "-o", tmp_path / "out.onnx", "--opset", "13")
     assert res.exit_code == 3 and "reshape_az" in res.stderr and "no automatic fix" in res.stderr
     assert _listing(tmp_path) == before
+
+
+def test_target_with_a_chosen_approximation(cli, tmp_path):
+    """NNAPI has no Erf, so Gelu has no exact fix there: adapt refuses (exit 3) until the user picks an approximation."""
+    text = GELU_LN_20.replace("float[N, 8, 16]", "float[2, 8, 16]")
+    src = save_text(tmp_path / "static.onnx", text, ["ln1", "gelu1", "relu1"])
+    out = tmp_path / "nnapi.onnx"
+    refused = cli("adapt", src, "-o", out, "--target", "onnxruntime-nnapi")
+    assert refused.exit_code == 3 and "gelu1" in refused.stderr and "Gelu=tanh-approx" in refused.stderr
+    assert not out.exists()
+    report = adapt(src, out, target="onnxruntime-nnapi", replace=["Gelu=tanh-approx"])
+    assert report.check and report.approximations == ("Gelu=tanh-approx",)
+    assert [s.detail.split(" ")[0] for s in report.steps] == ["LayerNormalization=decompose", "Gelu=tanh-approx"]
+    assert check(out, "onnxruntime-nnapi")

@@ -92,11 +92,12 @@ def _rules(replace: dict[str, str]):
     return chosen
 
 
-def _plan_from_target(report: CheckReport) -> tuple[dict[str, str], int | None, int | None, str | None]:
-    if report.unfixable:
-        listed = "; ".join(f"{p.message} ({p.fix})" for p in report.unfixable[:10])
-        more = f" and {len(report.unfixable) - 10} more" if len(report.unfixable) > 10 else ""
-        raise UnsupportedError(f"cannot adapt to {report.target}: {len(report.unfixable)} problem(s) without an automatic fix: {listed}{more}",
+def _plan_from_target(report: CheckReport, user_replaced: set[str]) -> tuple[dict[str, str], int | None, int | None, str | None]:
+    unfixable = [p for p in report.unfixable if not (p.kind == "op" and p.op in user_replaced)]
+    if unfixable:
+        listed = "; ".join(f"{p.message} ({p.fix})" for p in unfixable[:10])
+        more = f" and {len(unfixable) - 10} more" if len(unfixable) > 10 else ""
+        raise UnsupportedError(f"cannot adapt to {report.target}: {len(unfixable)} problem(s) without an automatic fix: {listed}{more}",
                                path=report.model or None)
     replace: dict[str, str] = {}
     opset = batch = None
@@ -321,7 +322,7 @@ def adapt(
         profile = load_profile(target)
         say(f"checking against {profile.name}")
         before = check_model(proto, profile, path=src)
-        t_replace, t_opset, t_batch, t_dtype = _plan_from_target(before)
+        t_replace, t_opset, t_batch, t_dtype = _plan_from_target(before, set(replace_map))
         replace_map = {**t_replace, **replace_map}
         opset = opset if opset is not None else t_opset
         batch = batch if batch is not None or dynamic_batch else t_batch

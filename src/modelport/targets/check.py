@@ -21,6 +21,8 @@ from modelport.targets.profile import Profile, load_profile, norm_domain
 __all__ = ["Problem", "CheckReport", "check_model", "check"]
 
 NO_FIX = "no automatic fix"
+# Data, not kernels: runtimes fold these into initializers at load (onnxruntime, TFLite converters, EP partitioners).
+DATA_OPS = ("Constant",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +134,10 @@ def _fix_for_op(profile: Profile, op: str, domain: str, opset: int) -> tuple[str
             for o in range(lo_hi[1], lo_hi[0] - 1, -1):
                 if o != opset and _supported(profile, op, domain, o):
                     return f"adapt --opset {o}", ("opset", str(o))
-        approx = [r for r in rules_for(op) if not r.exact]
+        approx = [r.key for r in rules_for(op) if not r.exact and all(
+            _supported(profile, e, "", opset) for e in r.emits if onnx.defs.has(e) and _resolve(e, "", opset))]
         if approx:
-            return f"{NO_FIX} (an approximation exists: adapt --replace {approx[0].key})", None
+            return f"{NO_FIX} (approximation: adapt --replace {' or '.join(approx)})", None
     return NO_FIX, None
 
 
@@ -176,14 +179,15 @@ def _opset_problems(model: onnx.ModelProto, profile: Profile, used: set[str]) ->
     return problems, opsets, effective
 
 
-def _op_problems(model: onnx.ModelProto, profile: Profile, opsets: dict[str, int], effective: int, types: dict[str, int]) -> list[Problem]:
+def _op_problems(model: onnx.ModelProto, profile: Profile, opsets: dict[str, int], effective: int, types: dict[str, int],
+                 caveats: dict[tuple[str, str], list[str]]) -> list[Problem]:
     problems: list[Problem] = []
     local = {(f.domain, f.name) for f in model.functions}
     bad_dtypes: dict[str, list[str]] = {}
     nodes = list(_nodes(model.graph)) + [n for f in model.functions for n in f.node]
     for i, node in enumerate(nodes):
         domain = norm_domain(node.domain)
-        if (node.domain, node.op_type) in local:
+        if (node.domain, node.op_type) in local or (domain == "" and node.op_type in DATA_OPS):
             continue
         opset = effective if domain == "" else opsets.get(domain, 1)
         entry = _supported(profile, node.op_type, domain, opset)
@@ -198,6 +202,8 @@ def _op_problems(model: onnx.ModelProto, profile: Profile, opsets: dict[str, int
             fix, action = _fix_for_op(profile, node.op_type, domain, opset)
             problems.append(Problem("op", label, name, f"{name} node {label!r} {why} {at}", fix, action))
             continue
+        if entry.note:
+            caveats.setdefault((name, entry.note), []).append(label)
         tensor_dtypes = {_dtype_name(types[t]) for t in [*node.input, *node.output] if t and t in types}
         for d in sorted(tensor_dtypes):
             if profile.dtypes and d not in profile.dtypes:
@@ -248,9 +254,13 @@ def check_model(model: onnx.ModelProto, target: str | Path | Profile, *, path: s
     profile = load_profile(target)
     used = {norm_domain(n.domain) for n in _nodes(model.graph)} | {norm_domain(n.domain) for f in model.functions for n in f.node}
     problems, opsets, effective = _opset_problems(model, profile, used)
-    problems += _op_problems(model, profile, opsets, effective, _types(model))
+    caveats: dict[tuple[str, str], list[str]] = {}
+    problems += _op_problems(model, profile, opsets, effective, _types(model), caveats)
     boundary, notes = _boundary_problems(model, profile)
     problems += boundary
+    for (name, note), labels in caveats.items():
+        if not note.startswith(("lowers to", "folded")):
+            notes.append(f"{name} ({len(labels)} node(s), e.g. {labels[0]!r}): {profile.name} says: {note}")
     if profile.reduced:
         notes.append(f"{profile.name} is a reduced profile ({profile.description}); an op missing from it may still run")
     return CheckReport(path, profile.name, profile.description, profile.reduced, {k or "ai.onnx": v for k, v in opsets.items()},
