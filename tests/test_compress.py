@@ -92,7 +92,9 @@ def digits_cnn(tmp_path_factory, digits):
     path = _export(model, torch.from_numpy(xtr[:2]), d / "cnn.onnx", ["x"])
     np.savez(d / "calib.npz", x=xtr[:256])
     np.savez(d / "eval.npz", x=xte, labels=yte)
-    return {"model": path, "calib": str(d / "calib.npz"), "eval": str(d / "eval.npz"), "dir": d}
+    np.savez(d / "train.npz", x=xtr, labels=ytr)
+    return {"model": path, "calib": str(d / "calib.npz"), "eval": str(d / "eval.npz"), "train": str(d / "train.npz"),
+            "dir": d}
 
 
 @pytest.fixture(scope="session")
@@ -289,24 +291,70 @@ def test_global_prune_reaches_the_fraction_over_all_layers(digits_cnn, tmp_path)
     assert len({round(layer.sparsity_after, 2) for layer in report.layers}) > 1  # thresholds are shared, not per layer
 
 
-@pytest.mark.slow
-def test_structured_prune_removes_channels_and_macs(digits_cnn, tmp_path):
-    out = tmp_path / "cnn.structured.onnx"
+@pytest.fixture(scope="session")
+def structured_cnn(digits_cnn, tmp_path_factory):
+    """The digits CNN with half its channels removed: (path, report)."""
+    out = tmp_path_factory.mktemp("structured") / "cnn.structured.onnx"
     report = compress(digits_cnn["model"], out, prune=0.5, structured=True, eval_data=digits_cnn["eval"], bench_runs=20)
+    return str(out), report
+
+
+@pytest.mark.slow
+def test_structured_prune_removes_channels_and_macs(digits_cnn, structured_cnn):
+    out, report = structured_cnn
     widths = {layer.module: (layer.width_before, layer.width_after) for layer in report.structured_layers}
     assert widths["c1"] == (8, 4) and widths["c2"] == (16, 8) and widths["fc1"] == (96, 48)
     assert widths["fc2"] == (10, 10)  # the output layer keeps its width
     assert report.after.macs <= 0.35 * report.before.macs
     assert report.after.params <= 0.35 * report.before.params
-    weights = _initializers(str(out))
+    weights = _initializers(out)
     assert sorted(w.shape for w in weights.values() if w.ndim == 4) == [(4, 1, 3, 3), (8, 4, 3, 3)]
     from modelport.formats import open_runner
 
-    with open_runner(str(out)) as runner:  # the batch dim stays dynamic, the output name the original's
+    with open_runner(out) as runner:  # the batch dim stays dynamic, the output name the original's
         assert runner.signature.inputs[0].shape[0] not in (1, 2) and runner.signature.output_names == \
             [o.name for o in __import__("onnx").load(digits_cnn["model"]).graph.output]
     assert report.after.metric is not None and report.before.metric is not None
     assert report.latency_ratio(8) is not None  # measured in the same run; speed-ups need bigger models
+
+
+@pytest.mark.slow
+def test_structured_prune_then_distill_recovers_the_teachers_accuracy(digits_cnn, structured_cnn, tmp_path):
+    from modelport.distill import distill
+    from modelport.passes.accuracy_control import load_eval_data, top1
+    from modelport.verify.inputs import load_npz
+
+    out = tmp_path / "student.onnx"
+    report = distill(digits_cnn["model"], structured_cnn[0], out, data=digits_cnn["train"], epochs=6, bench_runs=5,
+                     threads=1)
+    assert out.is_file() and [r.epoch for r in report.history] == list(range(1, 7))
+    assert report.after.macs <= 0.35 * report.before.macs
+    assert report.after.metric >= report.student_metric_before  # the best epoch is kept
+    data = load_eval_data(load_npz(digits_cnn["eval"]), _signature(digits_cnn["model"]).inputs)
+    teacher, student = top1(digits_cnn["model"], data), top1(str(out), data)
+    assert student >= teacher - 0.02, (teacher, student)  # on the test split, unseen by both
+
+
+def _signature(path: str):
+    import onnx
+
+    from modelport.formats.onnx_format import graph_signature
+
+    return graph_signature(onnx.load(path))
+
+
+def test_distill_rejects_a_student_whose_outputs_do_not_match(digits_cnn, tmp_path):
+    from modelport.distill import distill
+
+    (tmp_path / "student.py").write_text(
+        "from torch import nn\n\n\nclass Five(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(64, 5)\n\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n"
+    )
+    out = tmp_path / "out" / "student.onnx"
+    with pytest.raises(BadInputError, match="must match") as info:
+        distill(digits_cnn["model"], f"{tmp_path / 'student.py'}:Five", out, data=digits_cnn["train"], epochs=1, bench_runs=0)
+    assert info.value.exit_code == 2
+    assert not out.parent.exists() or _only_input_left(out.parent) == []
 
 
 # --------------------------------------------------------------------------- accuracy control

@@ -1,0 +1,52 @@
+"""`modelport distill`: train a PyTorch student on a teacher's softened outputs, write it as ONNX."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from modelport.cli.common import console, emit_json, progress
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("distill")
+    def distill(
+        teacher: Annotated[str, typer.Option("--teacher", help="Teacher model, any supported format.")],
+        student: Annotated[str, typer.Option("--student", help="Student: file.py:Name, a modelport torch directory, or ONNX (e.g. a structurally pruned teacher).")],
+        out: Annotated[str, typer.Option("-o", "--out", help="Where to write the student (ONNX).")],
+        data: Annotated[str, typer.Option("--data", help="Training data (.npz): the teacher's inputs, plus optional integer `labels`.")],
+        weights: Annotated[Optional[str], typer.Option("--weights", help="Initial weights for a student module file.")] = None,
+        epochs: Annotated[int, typer.Option("--epochs")] = 10,
+        temperature: Annotated[float, typer.Option("--temperature", help="Softening temperature T.")] = 4.0,
+        alpha: Annotated[float, typer.Option("--alpha", help="Weight of the KL term; 1 - alpha weighs cross-entropy on labels.")] = 0.7,
+        lr: Annotated[float, typer.Option("--lr")] = 3e-3,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="torch threads while training.")] = None,
+        runs: Annotated[int, typer.Option("--runs", help="Timed runs per model and batch (0: skip latency).")] = 20,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ) -> None:
+        """Distill a teacher into a smaller PyTorch student; report teacher vs student."""
+        from modelport.distill import distill as run_distill
+        from modelport.passes.compress_report import comparison_rows
+
+        with progress(not as_json, "distilling") as update:
+            report = run_distill(teacher, student, out, data=data, student_weights=weights, epochs=epochs,
+                                 temperature=temperature, alpha=alpha, lr=lr, bench_runs=runs, threads=threads, progress=update)
+        if as_json:
+            emit_json(report)
+            return
+        history = Table(title="epochs")
+        for col in ("epoch", "loss", f"held-out {report.metric_name}"):
+            history.add_column(col, justify="right")
+        for rec in report.history:
+            mark = " *" if rec.epoch == report.best_epoch else ""
+            history.add_row(str(rec.epoch), f"{rec.loss:.4f}", f"{100 * rec.metric:.2f}%{mark}")
+        console.print(history)
+        table = Table(title=f"teacher {report.teacher} vs student {report.out}")
+        for col in ("", "teacher", "student", "student / teacher"):
+            table.add_column(col, justify="right" if col else "left")
+        for row in comparison_rows(report):
+            table.add_row(*row)
+        console.print(table)
+        console.print(f"best epoch {report.best_epoch} (* above); wrote {report.out} in {report.seconds:.1f} s")
