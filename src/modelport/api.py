@@ -113,6 +113,7 @@ def bench(
     runs: int = 20,
     weights: str | None = None,
     input_specs: SpecsLike = None,
+    dims: dict[str, int] | Sequence[str] | None = None,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> Any:
@@ -122,4 +123,4 @@ def bench(
     specs = _specs(input_specs)
     options = [LoadOptions(weights=weights, inputs=specs, device=device, threads=threads) for _ in models]
     return run_bench([str(m) for m in models], batches=tuple(batches), threads=threads, warmup=warmup, runs=runs,
-                     options=options, progress=progress)
+                     options=options, dims=_dims(dims), progress=progress)

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[int, typer.Option("--runs", help="Measured runs per model and batch.")] = 20,
         weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for a module file.")] = None,
         input: Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32.")] = None,
+        dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a non-batch symbolic dim, name=value.")] = None,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
             raise BadInputError("--warmup must be >= 0 and --runs >= 1")
         with progress(not as_json, "benchmarking") as update:
             report = api.bench(models, batches=batches, threads=threads, warmup=warmup, runs=runs, weights=weights,
-                               input_specs=input, device=device, progress=update)
+                               input_specs=input, dims=dim, device=device, progress=update)
         if as_json:
             emit_json(report)
             return
@@ -49,3 +50,5 @@ def register(app: typer.Typer) -> None:
             table.add_row(row.model, row.format, str(row.batch), f"{row.p50_ms:.3f}", f"{row.p90_ms:.3f}",
                           f"{row.throughput:.1f}", "-" if ratio is None else f"{ratio:.2f}x")
         console.print(table)
+        for note in report.notes:
+            console.print(f"[dim]note: {note}[/]")

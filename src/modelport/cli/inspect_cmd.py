@@ -38,27 +38,26 @@ def register(app: typer.Typer) -> None:
             return
         table = Table(title=f"{model}", show_header=False)
         table.add_row("format", report.format)
-        table.add_row("file size", _human_bytes(getattr(report, "file_size", None)))
+        table.add_row("file size", _human_bytes(report.file_bytes))
         sig = report.signature
         if sig is not None:
             for s in sig.inputs:
                 table.add_row("input", str(s))
             for s in sig.outputs:
                 table.add_row("output", str(s))
-        for key in ("opset", "ir_version", "producer", "n_nodes", "n_params", "param_bytes", "macs"):
-            value = getattr(report, key, None)
-            if value is None or value == {}:
-                continue
-            if key == "param_bytes":
-                value = _human_bytes(value)
-            elif key in ("n_params", "macs", "n_nodes") and isinstance(value, int):
-                value = f"{value:,}"
-            elif isinstance(value, dict):
-                value = ", ".join(f"{k or 'ai.onnx'}:{v}" for k, v in value.items())
-            table.add_row(key.replace("_", " "), str(value))
-        hist = getattr(report, "op_histogram", None) or {}
+        if report.onnx is not None:
+            table.add_row("opset", ", ".join(f"{k or 'ai.onnx'}:{v}" for k, v in report.onnx.opsets.items()))
+            table.add_row("ir version", str(report.onnx.ir_version))
+            if report.onnx.producer:
+                table.add_row("producer", report.onnx.producer)
+        for label, value in (("nodes", report.node_count), ("parameters", report.params), ("MACs", report.macs)):
+            if value is not None:
+                table.add_row(label, f"{value:,}")
+        if report.param_bytes is not None:
+            table.add_row("parameter bytes", _human_bytes(report.param_bytes))
+        hist = report.op_histogram
         if hist:
             table.add_row("ops", ", ".join(f"{k}×{v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])))
-        for note in getattr(report, "notes", ()) or ():
+        for note in report.notes:
             table.add_row("note", note)
         console.print(table)

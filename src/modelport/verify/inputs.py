@@ -46,12 +46,27 @@ def _random(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, 
         return rng.standard_normal(shape).astype(dtype)
     if dtype.kind == "b":
         return rng.integers(0, 2, shape).astype(bool)
+    if dtype.kind in "iu" and "mask" in spec.name.lower() and len(shape) >= 2 and bound is None:
+        return _padding_mask(shape, rng).astype(dtype)
     if dtype.kind in "iu":
         if bound is None:
             lowered = spec.name.lower()
             bound = 2 if ("mask" in lowered or "type" in lowered) else (256 if dtype == np.uint8 else 10)
         return rng.integers(0, max(1, bound), shape).astype(dtype)
     raise BadInputError(f"cannot generate random data for input {spec.name!r} of dtype {spec.dtype}")
+
+
+def _padding_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """An attention mask as tokenizers write it: ones, then right padding; every row sees >= 1 token.
+
+    Random 0/1 masks leave query rows with no visible key, where runtimes legitimately
+    disagree (softmax over nothing), so they would fail parity for no fault of the converter.
+    """
+    length = shape[-1]
+    rows = int(np.prod(shape[:-1]))
+    keep = rng.integers(max(1, length // 2), length + 1, rows)
+    mask = (np.arange(length)[None, :] < keep[:, None]).astype(np.int64)
+    return mask.reshape(shape)
 
 
 def make_inputs(
