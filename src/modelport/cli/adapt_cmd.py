@@ -14,8 +14,8 @@ from modelport.cli.verify_cmd import parity_table
 def register(app: typer.Typer) -> None:
     @app.command("adapt")
     def adapt(
-        model: Annotated[str, typer.Argument(help="ONNX model to adapt.")],
-        out: Annotated[str, typer.Option("-o", "--out", help="Output .onnx path.")],
+        model: Annotated[Optional[str], typer.Argument(help="ONNX model to adapt.")] = None,
+        out: Annotated[Optional[str], typer.Option("-o", "--out", help="Output .onnx path.")] = None,
         target: Annotated[Optional[str], typer.Option("--target", "-t", help="Apply every automatic fix for this target (name or profile .json).")] = None,
         opset: Annotated[Optional[int], typer.Option("--opset", help="Convert to this opset (up or down).")] = None,
         layout: Annotated[Optional[str], typer.Option("--layout", help="nhwc: rank-4 NCHW inputs take NHWC data.")] = None,
@@ -42,6 +42,10 @@ def register(app: typer.Typer) -> None:
             for r in all_rules():
                 console.print(f"{r.key:32s} {'exact' if r.exact else 'approximation':14s} {r.doc}")
             return
+        if model is None or out is None:
+            from modelport.errors import BadInputError
+
+            raise BadInputError("usage: modelport adapt MODEL -o OUT [--target T] [--opset N] [--layout nhwc] …")
         with progress(not as_json, f"adapting {model}") as update:
             report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
                                rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,

@@ -46,7 +46,8 @@ def register(app: typer.Typer) -> None:
             for col in ("name", "ops", "opsets", "layout", "dynamic dims", "description"):
                 table.add_column(col)
             for r in rows:
-                table.add_row(r["name"], str(r.get("ops", "-")), str(r.get("opsets", "-")), r.get("layout", "-"),
+                opsets = ", ".join(f"{d} {lo}..{hi}" for d, (lo, hi) in r.get("opsets", {}).items()) or "-"
+                table.add_row(r["name"], str(r.get("ops", "-")), opsets, r.get("layout", "-"),
                               r.get("dynamic_dims", "-"), r.get("description", ""))
             console.print(table)
             return
@@ -67,4 +68,4 @@ def register(app: typer.Typer) -> None:
         if not report:
             from modelport.errors import UnsupportedError
 
-            raise UnsupportedError(f"not compatible with {report.target}: {report.summary()}", path=model)
+            raise UnsupportedError(f"not compatible with {report.target} ({len(report.problems)} problem(s), listed above)", path=model)
