@@ -1,6 +1,7 @@
 """The main job, end to end, on an embedded default: a Keras CNN trained on scikit-learn's digits.
 
-Train (seconds) -> convert Keras -> ONNX (verified) -> test-set accuracy of both -> bench both.
+Train (seconds) -> convert Keras -> ONNX and Keras -> ONNX -> PyTorch (each verified against
+Keras) -> test-set accuracy of each -> bench each.
 Each later capability adds its column: PyTorch (ONNX -> torch), TFLite, compression.
 """
 
@@ -106,7 +107,7 @@ def _parity(report) -> str:
     if parity is None:
         return "not verified"
     worst = max((o.max_rel for r in parity.runs for o in r.outputs), default=0.0)
-    return f"{'ok' if parity.ok else 'FAILED'} (max rel {worst:.1e}, {len(parity.runs)} shapes)"
+    return f"{'ok' if parity.ok else 'FAILED'}, max rel {worst:.1e} at {len(parity.runs)} shapes"
 
 
 def _size(path: str) -> int:
@@ -135,6 +136,9 @@ def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: C
         convert_s = time.perf_counter() - t0
         onnx_path = report.artifact.path
         models = [("trained", "keras", str(keras_path), "reference"), ("converted", "onnx", onnx_path, _parity(report))]
+        say("converting ONNX -> PyTorch (verified against Keras)")
+        torch_report = convert(keras_path, "torch", work / "digits_cnn_torch")
+        models.append(("converted", "torch", torch_report.artifact.path, _parity(torch_report)))
         say("measuring test accuracy")
         accs = [accuracy(path, x_test, y_test) for _, _, path, _ in models]
         say("benchmarking")

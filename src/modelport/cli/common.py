@@ -12,7 +12,8 @@ from rich.console import Console
 
 from modelport.artifact import to_jsonable
 
-console = Console(highlight=False)
+# Piped output (CI logs, files) gets room for the tables instead of rich's 80-column default.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, highlight=False)
 
 

@@ -1,4 +1,4 @@
-"""`modelport demo`: the main job on an embedded default (Keras digits CNN -> ONNX, verified and benched)."""
+"""`modelport demo`: the main job on an embedded default (Keras digits CNN -> ONNX -> PyTorch, verified and benched)."""
 
 from __future__ import annotations
 
