@@ -19,6 +19,9 @@ Runs:
     cnn-static      int8 static QDQ (minmax, per-channel), budget 1 point
     cnn-fp16        fp16, float32 IO kept, parity at fp16 tolerance
     cnn-prune50     50% unstructured magnitude pruning per layer
+    cnn-chain       the demo chain: 50% structured pruning -> distillation (8 epochs, the
+                    training split, T=4, alpha=0.7) -> int8 static; each step's table, then
+                    teacher vs final on the test split
     mlp-control     int8 static with a 1-point budget on the outlier MLP (plain run shown too)
     bert-dynamic    int8 dynamic
     bert-int4       int4 weight-only MatMulNBits, block 32
@@ -45,7 +48,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-RUNS = ("cnn-static", "cnn-fp16", "cnn-prune50", "mlp-control", "bert-dynamic", "bert-int4")
+RUNS = ("cnn-static", "cnn-fp16", "cnn-prune50", "cnn-chain", "mlp-control", "bert-dynamic", "bert-int4")
 
 
 def digits():
@@ -106,7 +109,8 @@ def build_cnn(d: Path, data) -> dict:
     model = train(DigitsCNN(), xtr, ytr, epochs=6)
     np.savez(d / "cnn_calib.npz", x=xtr[:256])
     np.savez(d / "cnn_eval.npz", x=xte, labels=yte)
-    return {"model": export(model, torch.from_numpy(xtr[:2]), d / "cnn.onnx"),
+    np.savez(d / "cnn_train.npz", x=xtr, labels=ytr)
+    return {"model": export(model, torch.from_numpy(xtr[:2]), d / "cnn.onnx"), "train": str(d / "cnn_train.npz"),
             "calib": str(d / "cnn_calib.npz"), "eval": str(d / "cnn_eval.npz")}
 
 
@@ -173,6 +177,52 @@ def print_report(title: str, report, console) -> None:
     console.print(f"  {report.seconds:.1f} s\n")
 
 
+def chain(cnn: dict, d: Path, runs: int, console) -> dict:
+    """Teacher -> 50% structured -> distilled -> int8 static; tables per step, then teacher vs final."""
+    from rich.table import Table
+
+    from modelport.compress import compress
+    from modelport.distill import distill
+    from modelport.passes.compress_report import comparison_rows
+
+    pruned = compress(cnn["model"], d / "chain.pruned.onnx", prune=0.5, structured=True, eval_data=cnn["eval"],
+                      bench_runs=runs)
+    print_report("chain 1/3: 50% structured pruning (no fine-tuning yet)", pruned, console)
+    distilled = distill(cnn["model"], pruned.out, d / "chain.student.onnx", data=cnn["train"], epochs=8, threads=1,
+                        bench_runs=runs)
+    console.print(f"chain 2/3: distillation, best epoch {distilled.best_epoch}: " + ", ".join(
+        f"{r.epoch}: {100 * r.metric:.1f}%" for r in distilled.history) + " (held-out share of the training split)")
+    table = Table(title="chain 2/3: teacher vs distilled student (float); top-1 on the held-out share")
+    for col in ("", "teacher", "student", "student / teacher"):
+        table.add_column(col, justify="right" if col else "left")
+    for row in comparison_rows(distilled):
+        table.add_row(*row)
+    console.print(table)
+    final = compress(distilled.out, d / "chain.student.int8.onnx", quantize="static", calibration=cnn["calib"],
+                     eval_data=cnn["eval"], max_drop=0.01, bench_runs=runs)
+    print_report("chain 3/3: int8 static on the distilled student", final, console)
+    teacher_vs_final = compress(cnn["model"], d / "chain.teacher.copy.onnx", quantize="fp16", eval_data=cnn["eval"],
+                                bench_runs=0)  # the teacher's stats on the test split (the fp16 copy is not used)
+    from modelport.latency import bench
+
+    lat = bench([cnn["model"], final.out], batches=(1, 8), runs=runs)
+    p50 = {(row.model, row.batch): row.p50_ms for row in lat.rows}
+    table = Table(title="chain: teacher vs final (structured 50% + distilled + int8 static), test split")
+    for col in ("", "teacher", "final", "final / teacher"):
+        table.add_column(col, justify="right" if col else "left")
+    t, f = teacher_vs_final.before, final.after
+    rows = [("file size", t.file_bytes, f.file_bytes), ("parameters", t.params, f.params), ("MACs / sample", t.macs, f.macs)]
+    for name, a, b in rows:
+        table.add_row(name, f"{a:,}", f"{b:,}", f"{b / a:.2f}x" if a and b else "-")
+    for batch in (1, 8):
+        a, b = p50.get((cnn["model"], batch)), p50.get((final.out, batch))
+        table.add_row(f"latency p50, batch {batch}", f"{a:.3f} ms", f"{b:.3f} ms", f"{b / a:.2f}x (speed-up {a / b:.2f}x)")
+    table.add_row("top-1", f"{100 * t.metric:.1f}%", f"{100 * f.metric:.1f}%", f"{100 * (f.metric - t.metric):+.2f} pts")
+    console.print(table)
+    console.print("")
+    return {"pruned": pruned, "distilled": distilled, "int8": final, "latency": lat}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -203,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                                          bench_runs=args.runs),
             "cnn-prune50": lambda: compress(cnn["model"], d / "cnn.pruned50.onnx", prune=0.5, eval_data=cnn["eval"],
                                             bench_runs=args.runs),
+            "cnn-chain": lambda: chain(cnn, d, args.runs, console),
             "mlp-plain": lambda: compress(mlp["model"], d / "mlp.plain.onnx", quantize="static", calibration=mlp["calib"],
                                           eval_data=mlp["eval"], bench_runs=args.runs),
             "mlp-control": lambda: compress(mlp["model"], d / "mlp.int8.onnx", quantize="static", calibration=mlp["calib"],
@@ -210,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
             "bert-dynamic": lambda: compress(bert, d / "bert.int8.onnx", quantize="dynamic", bench_runs=args.runs),
             "bert-int4": lambda: compress(bert, d / "bert.int4.onnx", quantize="int4", bench_runs=args.runs),
         }
-        order = [r for r in ("cnn-static", "cnn-fp16", "cnn-prune50", "mlp-plain", "mlp-control", "bert-dynamic", "bert-int4")
+        order = [r for r in ("cnn-static", "cnn-fp16", "cnn-prune50", "cnn-chain", "mlp-plain", "mlp-control", "bert-dynamic", "bert-int4")
                  if r in only or (r == "mlp-plain" and "mlp-control" in only)]
         for name in order:
             report = runs[name]()
             results[name] = report
-            print_report(name, report, console)
+            if name != "cnn-chain":
+                print_report(name, report, console)
     if args.json:
         sys.stdout.write(json.dumps({k: to_jsonable(v) for k, v in results.items()}, indent=2) + "\n")
     return 0

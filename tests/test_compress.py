@@ -445,17 +445,14 @@ def _cli_app():
 
     from modelport.cli import app as app_module
 
-    if any(getattr(c, "name", None) == "compress" for c in app_module.app.registered_commands):
+    wired = {getattr(c, "name", None) for c in app_module.app.registered_commands}
+    if {"compress", "distill"} <= wired:
         return app_module.app
-    from modelport.cli import compress_cmd
+    from modelport.cli import compress_cmd, distill_cmd
 
     app = typer.Typer(pretty_exceptions_enable=False)
     compress_cmd.register(app)
-
-    @app.command("noop", hidden=True)
-    def _noop() -> None:  # a second command keeps Typer from collapsing the app into `compress` itself
-        pass
-
+    distill_cmd.register(app)
     return app
 
 
@@ -481,4 +478,16 @@ def test_cli_prints_json_and_maps_errors_to_exit_codes(digits_cnn, tmp_path, cap
     rc, text = _run_cli(capsys, "compress", digits_cnn["model"], "-o", tmp_path / "x.onnx", "--prune", "0.3", "--runs", "0")
     assert rc == 0 and "sparsity" in text and "pruned layers" in text
     rc, _ = _run_cli(capsys, "compress", digits_cnn["model"], "-o", tmp_path / "bad.onnx", "--prune", "2")
+    assert rc == 2 and not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.slow
+def test_cli_distill_prints_epochs_and_the_table(digits_cnn, structured_cnn, tmp_path, capsys):
+    out = tmp_path / "student.onnx"
+    rc, text = _run_cli(capsys, "distill", "--teacher", digits_cnn["model"], "--student", structured_cnn[0], "-o", out,
+                        "--data", digits_cnn["train"], "--epochs", "2", "--threads", "1", "--runs", "2")
+    assert rc == 0 and out.is_file()
+    assert "epochs" in text and "best epoch" in text and "MACs" in text
+    rc, _ = _run_cli(capsys, "distill", "--teacher", digits_cnn["model"], "--student", structured_cnn[0],
+                     "-o", tmp_path / "bad.onnx", "--data", digits_cnn["eval"], "--epochs", "0")
     assert rc == 2 and not (tmp_path / "bad.onnx").exists()
