@@ -1,0 +1,28 @@
+"""The demo: the main job end to end (Keras digits CNN -> ONNX -> PyTorch), through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modelport.cli.app import main
+
+
+@pytest.mark.slow
+def test_demo_shows_equal_accuracy_across_formats(tmp_path, capsys):
+    rc = main(["demo", "--json", "--epochs", "8", "--out", str(tmp_path)])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    rows = {r["format"]: r for r in report["rows"]}
+    assert set(rows) == {"keras", "onnx", "torch"}
+    assert rows["keras"]["accuracy"] > 0.85  # a real, trained model
+    assert rows["onnx"]["accuracy"] == rows["keras"]["accuracy"]
+    assert rows["torch"]["accuracy"] == rows["keras"]["accuracy"]
+    for fmt in ("onnx", "torch"):
+        assert rows[fmt]["parity"].startswith("ok"), rows[fmt]["parity"]
+        assert rows[fmt]["p50_ms_batch1"] > 0 and rows[fmt]["p50_ms_batch8"] > 0
+    # --out keeps the artifacts
+    assert (tmp_path / "digits_cnn.keras").is_file()
+    assert (tmp_path / "digits_cnn.onnx").is_file()
+    assert (tmp_path / "digits_cnn_torch" / "model.py").is_file()
