@@ -8,7 +8,17 @@ import traceback
 import click
 import typer
 
-from modelport.cli import bench_cmd, convert_cmd, demo_cmd, inspect_cmd, verify_cmd
+from modelport.cli import (
+    adapt_cmd,
+    bench_cmd,
+    check_cmd,
+    compress_cmd,
+    convert_cmd,
+    demo_cmd,
+    distill_cmd,
+    inspect_cmd,
+    verify_cmd,
+)
 from modelport.cli.common import err_console
 from modelport.errors import ModelportError
 
@@ -19,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (convert_cmd, verify_cmd, inspect_cmd, bench_cmd, demo_cmd):
+for module in (convert_cmd, verify_cmd, inspect_cmd, bench_cmd, check_cmd, adapt_cmd, compress_cmd, distill_cmd, demo_cmd):
     module.register(app)
 
 
