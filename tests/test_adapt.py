@@ -14,6 +14,7 @@ import pytest
 
 import zoo
 from modelport.adapt import adapt, check
+from modelport.errors import UnsupportedError
 
 GELU_LN_20 = """<ir_version: 10, opset_import: ["" : 20]>
 g (float[N, 8, 16] x) => (float[N, 8, 16] y)
@@ -233,6 +234,22 @@ def test_opset_adapters_where_the_version_converter_fails(tmp_path):
     report = adapt(src, out, opset=13)
     assert report.parity and opset_of(str(out)) == 13
     assert verify_exact(src, str(out)) <= 1e-5
+
+
+def test_opset_down_drops_new_attributes_only_at_their_defaults(tmp_path):
+    """GatherND-12 added batch_dims: batch_dims=0 goes down to opset 11 exactly; batch_dims=1 cannot."""
+    text = """<ir_version: 8, opset_import: ["" : 12]>
+    g (float[2, 3, 4] x) => (float[2, SHAPE] y) <int64[2, 1] i = {1, 0}> { y = GatherND <batch_dims = BD> (x, i) }"""
+    src = save_text(tmp_path / "gnd.onnx", text.replace("BD", "0").replace("SHAPE", "3, 4"), ["gather_nd"])
+    with pytest.raises(Exception):
+        onnx.version_converter.convert_version(onnx.load(src), 11)
+    out = tmp_path / "gnd11.onnx"
+    assert adapt(src, out, opset=11).parity and opset_of(str(out)) == 11
+    assert verify_exact(src, str(out)) == 0.0
+    bad = save_text(tmp_path / "gnd_b1.onnx", text.replace("BD", "1").replace("SHAPE", "4"), ["gather_nd_b1"])
+    with pytest.raises(UnsupportedError, match="GatherND"):
+        adapt(bad, tmp_path / "never.onnx", opset=11)
+    assert not (tmp_path / "never.onnx").exists()
 
 
 def test_activation_decompositions_are_exact(tmp_path):

@@ -6,6 +6,8 @@ Where ``onnx.version_converter`` fails today, and what we do first:
   HardSwish < 14, Mish < 18): its exact decomposition rule rewrites it into primitive ops;
 - ``ReduceX``-18 / ``Squeeze``/``Unsqueeze``/``Split``-13 with axes from a ``Constant`` node:
   the converter only reads initializers, so constants are lifted into initializers;
+- a version that only added optional attributes (GatherND-12 ``batch_dims``, …), crossed
+  downwards by a node that leaves them at their defaults: the attributes are dropped;
 - ``Split``-18 down to 17 (no adapter): ``num_outputs`` becomes equal parts or explicit sizes;
 - ``Reshape``-14 down to 13 (no adapter at all): the node is held out of the conversion in a
   private domain and put back without ``allowzero``, which is exact when ``allowzero`` is 0 or
@@ -193,6 +195,30 @@ def _static_dim(model: onnx.ModelProto, name: str, axis: int) -> int | None:
     return None
 
 
+def _drop_new_default_attrs(node: onnx.NodeProto, version: int) -> bool:
+    """Down across a version that only added optional attributes: exact when the node leaves them at their defaults."""
+    try:
+        new = onnx.defs.get_schema(node.op_type, version, "")
+        old = onnx.defs.get_schema(node.op_type, version - 1, "")
+    except onnx.defs.SchemaError:
+        return False
+    (a_new, i_new, o_new), (a_old, i_old, o_old) = _signature(new), _signature(old)
+    added = set(a_new) - set(a_old)
+    if i_new != i_old or o_new != o_old or set(a_old) - set(a_new) or not added:
+        return False
+    extra = {name for name, required, _ in added}
+    if any(required for _, required, _ in added):
+        return False
+    for a in node.attribute:
+        if a.name in extra:
+            default = new.attributes[a.name].default_value
+            if default is None or default.type == 0 or onnx.helper.get_attribute_value(a) != onnx.helper.get_attribute_value(default):
+                return False
+    for a in [a for a in node.attribute if a.name in extra]:
+        node.attribute.remove(a)
+    return True
+
+
 # Our adapters for down-conversions the converter lacks: (op, version) -> rewrite into the version-1 form.
 _DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down}
 
@@ -214,7 +240,7 @@ def _hold_step(model: onnx.ModelProto, version: int, down: bool, dropped: list[s
         adapter = _DOWN_ADAPTERS.get((node.op_type, version)) if down else None
         if adapter is not None:
             adapter(node, model, consts, dropped)
-        elif not _changed_type_only(node.op_type, version):
+        elif not _changed_type_only(node.op_type, version) and not (down and _drop_new_default_attrs(node, version)):
             continue
         node.domain = HOLD_DOMAIN
         held += 1
