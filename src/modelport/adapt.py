@@ -21,16 +21,18 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelport.artifact import Artifact, StepRecord
 from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
-from modelport.targets.check import CheckReport, check, check_model
-from modelport.verify.parity import ParityReport, RunParity, compare_outputs
 
-__all__ = ["adapt", "check", "AdaptReport", "AdaptStep", "CheckReport", "EXACT_RTOL"]
+if TYPE_CHECKING:  # light at import: `import modelport` may import this module eagerly
+    from modelport.targets.check import CheckReport
+    from modelport.verify.parity import ParityReport
+
+__all__ = ["adapt", "check", "AdaptReport", "AdaptStep", "EXACT_RTOL"]
 
 EXACT_RTOL = 1e-5
 
@@ -63,6 +65,16 @@ class AdaptReport:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+def check(model: str | Path, target: str | Path) -> CheckReport:
+    """Check an ONNX model against a target (built-in name or profile .json): every problem, each with its fix.
+
+    ``bool(report)`` is the verdict; the CLI exits 3 when it is false.
+    """
+    from modelport.targets.check import check as run_check
+
+    return run_check(model, target)
 
 
 def _pairs(values: Mapping[str, str] | Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -178,6 +190,7 @@ def _open(path: str, device: str, warnings: list[str]):
 def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, exact: bool, inputs, dims, rtol, atol, seed,
             eval_data, warnings: list[str]) -> tuple[ParityReport, dict[str, Any] | None]:
     from modelport.verify import feeds_for
+    from modelport.verify.parity import ParityReport, RunParity, compare_outputs
 
     out_names: dict[str, str] = {}
     for b in boundaries:
@@ -299,6 +312,7 @@ def adapt(
     from modelport.passes.adapt import io as io_pass
     from modelport.passes.adapt.opset import convert_opset, model_opset
     from modelport.passes.adapt.rules import apply_rule
+    from modelport.targets.check import check_model
     from modelport.targets.profile import load_profile
 
     started = time.perf_counter()
