@@ -288,7 +288,9 @@ def compress(
             notes += more
         if quantize in ("dynamic", "static"):
             say("quantization pre-processing")
-            notes += quant.preprocess(start, base)
+            scratch = work / "preprocess"
+            scratch.mkdir()
+            notes += quant.preprocess(start, base, scratch)
             prepared = onnx.load(str(base))
         else:
             prepared = onnx.load(str(start)) if structured else source

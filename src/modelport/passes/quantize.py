@@ -54,14 +54,17 @@ def _quiet() -> Iterator[None]:
         logging.getLogger().setLevel(level)
 
 
-def preprocess(src: str | Path, dst: str | Path) -> list[str]:
+def preprocess(src: str | Path, dst: str | Path, scratch: str | Path | None = None) -> list[str]:
     """onnxruntime's quantization pre-processing (graph optimization, shape inference); notes.
 
     Symbolic shape inference fails on some graphs; then ONNX shape inference alone is used.
+    When it fails, onnxruntime dumps ``sym_shape_infer_temp.onnx`` (+ external data) into the
+    working directory, so the call runs with ``scratch`` (a directory we remove) as cwd.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with _quiet():
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with _quiet(), contextlib.chdir(scratch or dst.parent):
         try:
             quant_pre_process(str(src), str(dst))
             return []
