@@ -192,6 +192,8 @@ def convert(
         place(Path(current), out_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if parity is not None:
+        parity = dataclasses.replace(parity, b=str(out_path))  # not the temporary file it was run from
     artifact = Artifact(str(out_path), to, sig, tuple(steps))
     return ConvertReport(src, fmt, to, artifact, tuple(e.name for e in route), parity, tuple(warnings),
                          time.perf_counter() - started, True)
