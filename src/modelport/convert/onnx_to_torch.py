@@ -22,7 +22,7 @@ def onnx_to_torch(src: str, out: str, options: ConvertOptions) -> ConverterResul
         result = onnx2torch.convert(model, out)
     except onnx2torch.UnsupportedOpsError as exc:
         items = exc.unsupported
-        listed = ", ".join(f"{u.op_type}-{u.version} ({u.node})" for u in items[:10])
+        listed = ", ".join(f"{u.op_type}-{u.opset} ({u.node_name or '<unnamed>'}: {u.reason})" for u in items[:10])
         more = f" and {len(items) - 10} more" if len(items) > 10 else ""
         raise UnsupportedError(f"{len(items)} unsupported node(s) for torch: {listed}{more}", path=src) from None
     import torch
