@@ -439,3 +439,16 @@ def test_target_with_a_chosen_approximation(cli, tmp_path):
     assert report.check and report.approximations == ("Gelu=tanh-approx",)
     assert [s.detail.split(" ")[0] for s in report.steps] == ["LayerNormalization=decompose", "Gelu=tanh-approx"]
     assert check(out, "onnxruntime-nnapi")
+
+
+def test_approximation_matches_gelu_written_out_as_erf(attention20, tmp_path):
+    """Below opset 20 exporters write Gelu as its erf formula: Gelu=tanh-approx matches that subgraph too."""
+    decomposed = tmp_path / "attention13.onnx"
+    adapt(attention20, decomposed, opset=13)
+    assert "Erf" in ops_of(str(decomposed)) and "Gelu" not in ops_of(str(decomposed))
+    out = tmp_path / "attention13_tanh.onnx"
+    report = adapt(decomposed, out, replace=["Gelu=tanh-approx"])
+    assert report.steps[0].detail.startswith("Gelu=tanh-approx on 1 node(s): Gelu subgraph 1")
+    assert "Erf" not in ops_of(str(out)) and "Tanh" in ops_of(str(out))
+    worst = max(o.max_rel for r in report.parity.runs for o in r.outputs)
+    assert 0 < worst < 1e-3

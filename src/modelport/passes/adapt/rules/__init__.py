@@ -80,6 +80,9 @@ class Rule:
     check: Callable[[ir.Node, int], Verdict] = lambda node, opset: OK
     doc: str = ""
     domain: str = ""
+    # Also rewrites a multi-node form of the op (e.g. the erf subgraph exporters write for Gelu below
+    # opset 20), through onnxscript's pattern rewriter; returns how many it rewrote.
+    subgraph: Callable[[ir.Model], int] | None = None
 
     @property
     def key(self) -> str:
@@ -89,11 +92,12 @@ class Rule:
 _RULES: dict[tuple[str, str], Rule] = {}
 
 
-def register(op_type: str, name: str, *, exact: bool, emits: Iterable[str], check=None, doc: str = ""):
+def register(op_type: str, name: str, *, exact: bool, emits: Iterable[str], check=None, doc: str = "", subgraph=None):
     """Decorator: registers ``fn(emitter, node) -> outputs`` as the rule ``op_type=name``."""
 
     def deco(fn):
-        _RULES[(op_type, name)] = Rule(op_type, name, exact, tuple(emits), fn, check or (lambda n, o: OK), doc or (fn.__doc__ or "").strip())
+        _RULES[(op_type, name)] = Rule(op_type, name, exact, tuple(emits), fn, check or (lambda n, o: OK),
+                                       doc or (fn.__doc__ or "").strip(), subgraph=subgraph)
         return fn
 
     return deco
@@ -166,6 +170,13 @@ def apply_rule(model: ir.Model, rule: Rule) -> RuleApplication:
                 new.name = name
         graph.remove(node, safe=True)
         done.append(node.name or node.op_type)
+    if rule.subgraph is not None:
+        count = rule.subgraph(model)
+        done.extend(f"{rule.op_type} subgraph {i + 1}" for i in range(count))
+        if count:
+            from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+            RemoveUnusedNodesPass()(model)
     return RuleApplication(rule.key, rule.exact, tuple(done), tuple(skipped))
 
 
