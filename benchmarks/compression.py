@@ -6,7 +6,7 @@ Run (about two minutes on a laptop CPU; nothing is downloaded):
         [--only cnn-static,bert-dynamic,...] [--json]
 
 Models:
-    digits CNN   PyTorch Conv(1->8)-Conv(8->16)-Linear(1024->96)-Linear(96->10), trained for
+    digits CNN   PyTorch Conv(1->32)-Conv(32->64)-MaxPool-Linear(1024->96)-Linear(96->10), trained for
                  seconds on scikit-learn's digits (1347 train / 450 test), exported with
                  torch.onnx (dynamo); calibration: 256 training images; eval: the test split
     outlier MLP  Linear(64->64)-Linear(64->10) on raw pixels, with one fc1 weight column (a
@@ -99,11 +99,11 @@ def build_cnn(d: Path, data) -> dict:
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
-            self.fc1, self.fc2 = nn.Linear(16 * 8 * 8, 96), nn.Linear(96, 10)
+            self.c1, self.c2 = nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)
+            self.fc1, self.fc2 = nn.Linear(64 * 4 * 4, 96), nn.Linear(96, 10)
 
         def forward(self, x):
-            x = torch.relu(self.c2(torch.relu(self.c1(x))))
+            x = torch.max_pool2d(torch.relu(self.c2(torch.relu(self.c1(x)))), 2)
             return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
     model = train(DigitsCNN(), xtr, ytr, epochs=6)
@@ -201,23 +201,29 @@ def chain(cnn: dict, d: Path, runs: int, console) -> dict:
     final = compress(distilled.out, d / "chain.student.int8.onnx", quantize="static", calibration=cnn["calib"],
                      eval_data=cnn["eval"], max_drop=0.01, bench_runs=runs)
     print_report("chain 3/3: int8 static on the distilled student", final, console)
-    teacher_vs_final = compress(cnn["model"], d / "chain.teacher.copy.onnx", quantize="fp16", eval_data=cnn["eval"],
-                                bench_runs=0)  # the teacher's stats on the test split (the fp16 copy is not used)
     from modelport.latency import bench
 
-    lat = bench([cnn["model"], final.out], batches=(1, 8), runs=runs)
+    from modelport.passes.accuracy_control import load_eval_data, top1
+    from modelport.verify.inputs import load_npz
+
+    models = [cnn["model"], distilled.out, final.out]
+    lat = bench(models, batches=(1, 8), runs=runs)
     p50 = {(row.model, row.batch): row.p50_ms for row in lat.rows}
-    table = Table(title="chain: teacher vs final (structured 50% + distilled + int8 static), test split")
-    for col in ("", "teacher", "final", "final / teacher"):
+    data = load_eval_data(load_npz(cnn["eval"]), pruned.artifact.signature.inputs)
+    student_top1 = top1(distilled.out, data)
+    table = Table(title="chain: teacher vs pruned+distilled student (float) vs + int8 static; test split, same run")
+    for col in ("", "teacher", "student", "student / teacher", "student int8", "int8 / teacher"):
         table.add_column(col, justify="right" if col else "left")
-    t, f = teacher_vs_final.before, final.after
-    rows = [("file size", t.file_bytes, f.file_bytes), ("parameters", t.params, f.params), ("MACs / sample", t.macs, f.macs)]
-    for name, a, b in rows:
-        table.add_row(name, f"{a:,}", f"{b:,}", f"{b / a:.2f}x" if a and b else "-")
+    t, st, f = pruned.before, distilled.after, final.after
+    for name, a, b, c in [("file size", t.file_bytes, st.file_bytes, f.file_bytes), ("parameters", t.params, st.params, f.params),
+                          ("MACs / sample", t.macs, st.macs, f.macs)]:
+        table.add_row(name, f"{a:,}", f"{b:,}", f"{b / a:.2f}x", f"{c:,}", f"{c / a:.2f}x")
     for batch in (1, 8):
-        a, b = p50.get((cnn["model"], batch)), p50.get((final.out, batch))
-        table.add_row(f"latency p50, batch {batch}", f"{a:.3f} ms", f"{b:.3f} ms", f"{b / a:.2f}x (speed-up {a / b:.2f}x)")
-    table.add_row("top-1", f"{100 * t.metric:.1f}%", f"{100 * f.metric:.1f}%", f"{100 * (f.metric - t.metric):+.2f} pts")
+        a, b, c = (p50.get((m, batch)) for m in models)
+        table.add_row(f"latency p50, batch {batch}", f"{a:.3f} ms", f"{b:.3f} ms", f"{b / a:.2f}x (speed-up {a / b:.2f}x)",
+                      f"{c:.3f} ms", f"{c / a:.2f}x (speed-up {a / c:.2f}x)")
+    table.add_row("top-1", f"{100 * t.metric:.1f}%", f"{100 * student_top1:.1f}%", f"{100 * (student_top1 - t.metric):+.2f} pts",
+                  f"{100 * f.metric:.1f}%", f"{100 * (f.metric - t.metric):+.2f} pts")
     console.print(table)
     console.print("")
     return {"pruned": pruned, "distilled": distilled, "int8": final, "latency": lat}
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     from modelport.artifact import to_jsonable
     from modelport.compress import compress
 
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, width=140)
     console.print(f"reproduce: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/compression.py --runs {args.runs} --only {','.join(only)}\n")
     results = {}
     with tempfile.TemporaryDirectory(prefix="modelport-bench-compress-") as tmp:
