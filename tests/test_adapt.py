@@ -452,3 +452,21 @@ def test_approximation_matches_gelu_written_out_as_erf(attention20, tmp_path):
     assert "Erf" not in ops_of(str(out)) and "Tanh" in ops_of(str(out))
     worst = max(o.max_rel for r in report.parity.runs for o in r.outputs)
     assert 0 < worst < 1e-3
+
+
+def test_nhwc_model_takes_nchw_and_normalizes_channels_last(tmp_path):
+    """A channels-last model (as Keras writes them): --layout nchw, and normalize finds the channel axis itself."""
+    w = ",".join(str(v) for v in np.random.default_rng(9).standard_normal(3 * 4).round(3))
+    text = f"""<ir_version: 10, opset_import: ["" : 17]>
+    g (float[N, 8, 8, 3] x) => (float[N, 8, 8, 4] y) <float[3, 4] w = {{{w}}}> {{ y = MatMul (x, w) }}"""
+    src = save_text(tmp_path / "nhwc_model.onnx", text, ["dense"])
+    norm = tmp_path / "norm.onnx"
+    report = adapt(src, norm, normalize="mean=1,2,3,std=2,4,8")
+    assert report.steps[0].detail.endswith("axis=3)") and report.parity
+    x = np.random.default_rng(10).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    mean, std = np.array([1, 2, 3], np.float32), np.array([2, 4, 8], np.float32)
+    assert rel_err(run(src, {"x": (x - mean) / std})[0], run(str(norm), {"x": x})[0]) <= 1e-5
+    nchw = tmp_path / "nchw.onnx"
+    assert adapt(src, nchw, layout="nchw").parity
+    got = run(str(nchw), {"x": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
+    assert rel_err(run(src, {"x": x})[0], got) <= 1e-5

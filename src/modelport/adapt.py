@@ -137,11 +137,11 @@ def _map_feed(feed: dict[str, np.ndarray], boundaries, orig_dtypes: dict[str, st
         elif b.kind == "io_dtype":
             out = {k: (v.astype(orig_dtypes[k]) if k in b.names and k in orig_dtypes else v) for k, v in out.items()}
         elif b.kind == "layout":
-            out = {k: (np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if k in b.names else v) for k, v in out.items()}
+            out = {k: (np.ascontiguousarray(v.transpose(*b.params["perm"])) if k in b.names else v) for k, v in out.items()}
         elif b.kind == "normalize":
             name = b.names[0]
             x = out[name]
-            shape = (1, -1, 1, 1) if b.params["axis"] == 1 else (-1,)
+            shape = (1, -1, 1, 1) if b.params["axis"] == 1 and x.ndim == 4 else (-1,)
             if b.params.get("scale"):
                 x = x * np.asarray(1.0 / b.params["scale"], dtype=x.dtype)
             x = (x - np.asarray(b.params["mean"], dtype=x.dtype).reshape(shape)) / np.asarray(b.params["std"], dtype=x.dtype).reshape(shape)
@@ -286,7 +286,7 @@ def adapt(
         out: where to write the adapted model (nothing is written on any failure).
         target: a built-in target name or a profile .json: apply every automatic fix ``check`` lists.
         opset: convert the default-domain opset up or down.
-        layout: ``"nhwc"``: rank-4 NCHW inputs take NHWC data (boundary transposes only).
+        layout: ``"nhwc"``: rank-4 NCHW inputs take NHWC data (boundary transposes only); ``"nchw"``: the reverse.
         batch: a static batch size for every input; ``dynamic_batch``: a symbolic one.
         rename: ``{"old": "new"}`` or ``["old=new"]`` for inputs and outputs.
         io_dtype: ``"float16"``: float inputs/outputs in float16 (casts at the boundary).
@@ -321,7 +321,7 @@ def adapt(
     if detect(src) != "onnx":
         raise UnsupportedError("adapt takes an ONNX model; convert it first: modelport convert MODEL --to onnx", path=src)
     if layout not in (None, "nhwc", "nchw"):
-        raise BadInputError(f"--layout {layout!r}: choose nhwc (nchw is what models already take)")
+        raise BadInputError(f"--layout {layout!r}: choose nhwc (an NCHW model takes NHWC data) or nchw (the reverse)")
     if batch is not None and dynamic_batch:
         raise BadInputError("--batch and --dynamic-batch exclude each other")
     norm = io_pass.parse_normalize(normalize) if isinstance(normalize, str) else (dict(normalize) if normalize else None)
@@ -371,13 +371,13 @@ def adapt(
                                + (f"; {'; '.join(res.notes)}" if res.notes else "")))
     boundaries = []
     orig_dtypes: dict[str, str] = {}
-    if norm or layout == "nhwc" or io_dtype or batch is not None or dynamic_batch or rename_map:
+    if norm or layout or io_dtype or batch is not None or dynamic_batch or rename_map:
         irm = ir.serde.deserialize_model(proto)
         orig_dtypes = {v.name: v.dtype.numpy().name for v in irm.graph.inputs if v.dtype is not None}
         if norm:
             boundaries.append(io_pass.normalize(irm, list(norm["mean"]), list(norm["std"]), norm.get("scale"), norm.get("input")))
-        if layout == "nhwc":
-            boundaries.append(io_pass.to_nhwc(irm))
+        if layout:
+            boundaries.append(io_pass.to_layout(irm, layout))
         if io_dtype:
             boundaries.append(io_pass.set_io_dtype(irm, io_dtype))
         if batch is not None:

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Optional[str], typer.Option("-o", "--out", help="Output .onnx path.")] = None,
         target: Annotated[Optional[str], typer.Option("--target", "-t", help="Apply every automatic fix for this target (name or profile .json).")] = None,
         opset: Annotated[Optional[int], typer.Option("--opset", help="Convert to this opset (up or down).")] = None,
-        layout: Annotated[Optional[str], typer.Option("--layout", help="nhwc: rank-4 NCHW inputs take NHWC data.")] = None,
+        layout: Annotated[Optional[str], typer.Option("--layout", help="nhwc: rank-4 NCHW inputs take NHWC data; nchw: the reverse (e.g. a Keras model).")] = None,
         batch: Annotated[Optional[int], typer.Option("--batch", help="Static batch size for every input.")] = None,
         dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 of every input symbolic.")] = False,
         rename: Annotated[Optional[list[str]], typer.Option("--rename", help="Rename an input or output, old=new (repeatable).")] = None,

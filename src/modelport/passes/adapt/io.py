@@ -4,8 +4,9 @@ Each pass edits an ``onnx_ir`` model in place and returns a :class:`Boundary` re
 what it did to which input/output, which adapt's verification inverts to feed the
 original model:
 
-- ``to_nhwc``:       x_nhwc -> Transpose(perm 0,3,1,2) -> the model's NCHW input
-- ``normalize``:     x_raw  -> (x_raw / scale - mean) / std, per channel (axis 1 of a rank-4 input, else the last)
+- ``to_layout``:     x_nhwc -> Transpose(perm 0,3,1,2) -> the model's NCHW input (or NCHW data into an NHWC model)
+- ``normalize``:     x_raw  -> (x_raw / scale - mean) / std, per channel (axis 1 of a rank-4 input, axis 3 when
+                     that is the one with len(mean) channels, else the last)
 - ``set_io_dtype``:  x_fp16 -> Cast(float32) -> the model; float32 outputs -> Cast(float16)
 - ``set_batch`` / ``dynamic_batch``: dim 0 of every input (and of outputs that share it)
 - ``rename``:        inputs and outputs renamed, ``old=new``
@@ -20,7 +21,7 @@ import onnx_ir as ir
 
 from modelport.errors import BadInputError
 
-__all__ = ["Boundary", "to_nhwc", "normalize", "set_io_dtype", "set_batch", "dynamic_batch", "rename", "parse_normalize"]
+__all__ = ["Boundary", "to_layout", "to_nhwc", "normalize", "set_io_dtype", "set_batch", "dynamic_batch", "rename", "parse_normalize"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,21 +80,37 @@ def _floats(model: ir.Model, names: list[str] | None, rank: int | None = None) -
     return chosen
 
 
-def to_nhwc(model: ir.Model, names: list[str] | None = None) -> Boundary:
-    """NCHW rank-4 inputs take NHWC data: a Transpose at the boundary, nothing else changes."""
+_PERMS = {"nhwc": ([0, 3, 1, 2], "to_nchw"), "nchw": ([0, 2, 3, 1], "to_nhwc")}
+
+
+def to_layout(model: ir.Model, layout: str, names: list[str] | None = None) -> Boundary:
+    """Rank-4 inputs take data in ``layout``: one Transpose at the boundary, nothing else changes.
+
+    ``nhwc``: an NCHW model takes NHWC data (Transpose perm 0,3,1,2 inside);
+    ``nchw``: an NHWC model (e.g. from Keras) takes NCHW data (perm 0,2,3,1 inside).
+    """
+    if layout not in _PERMS:
+        raise BadInputError(f"--layout {layout!r}: choose nhwc or nchw")
+    perm, label = _PERMS[layout]
     chosen = _floats(model, names, rank=4)
     if not chosen:
-        raise BadInputError("--layout nhwc: the model has no rank-4 float input to transpose")
-    names = tuple(v.name for v in chosen)
+        raise BadInputError(f"--layout {layout}: the model has no rank-4 float input to transpose")
+    taken = tuple(v.name for v in chosen)
+    inverse = [perm.index(i) for i in range(4)]
     for v in chosen:
         if v.shape is None or len(v.shape) != 4:
-            raise BadInputError(f"--layout nhwc: input {v.name!r} is not rank 4")
-        n, c, h, w = v.shape.dims
-        new = ir.Value(name=v.name + ".nhwc", type=v.type, shape=ir.Shape([n, h, w, c]))
-        node = _node("Transpose", [new], f"{v.name}/to_nchw", perm=[0, 3, 1, 2])
+            raise BadInputError(f"--layout {layout}: input {v.name!r} is not rank 4")
+        dims = v.shape.dims
+        new = ir.Value(name=v.name + f".{layout}", type=v.type, shape=ir.Shape([dims[i] for i in inverse]))
+        node = _node("Transpose", [new], f"{v.name}/{label}", perm=perm)
         node.outputs[0].shape, node.outputs[0].dtype = v.shape, v.dtype
         _swap_input(model.graph, v, new, [node], node.outputs[0])
-    return Boundary("layout", names, {"layout": "nhwc"})
+    return Boundary("layout", taken, {"layout": layout, "perm": perm})
+
+
+def to_nhwc(model: ir.Model, names: list[str] | None = None) -> Boundary:
+    """NCHW rank-4 inputs take NHWC data."""
+    return to_layout(model, "nhwc", names)
 
 
 def parse_normalize(text: str) -> dict[str, list[float] | float | str]:
@@ -133,11 +150,13 @@ def normalize(model: ir.Model, mean: list[float], std: list[float], scale: float
         raise BadInputError(f"--normalize: mean has {len(mean)} values, std has {len(std)}")
     rank = len(v.shape) if v.shape is not None else None
     axis = 1 if rank == 4 else -1
+    if rank == 4 and v.shape[1] != len(mean) and v.shape[3] == len(mean) and len(mean) > 1:
+        axis = 3  # an NHWC input (e.g. a Keras model): channels last
     channels = v.shape[axis] if v.shape is not None and rank else None
     if isinstance(channels, int) and len(mean) not in (1, channels):
         raise BadInputError(f"--normalize: input {v.name!r} has {channels} channels, mean/std have {len(mean)} values")
     dt = v.dtype.numpy()
-    shape = (1, -1, 1, 1) if rank == 4 else (-1,)
+    shape = (1, -1, 1, 1) if axis == 1 and rank == 4 else (-1,)
     m = np.asarray(mean, dtype=dt).reshape(shape)
     s = np.asarray(std, dtype=dt).reshape(shape)
     nodes = []
