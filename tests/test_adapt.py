@@ -252,6 +252,20 @@ def test_opset_down_drops_new_attributes_only_at_their_defaults(tmp_path):
     assert not (tmp_path / "never.onnx").exists()
 
 
+def test_softmax_on_a_middle_axis_down_to_opset_11(tmp_path):
+    """onnx's converter relabels Softmax-13 as Softmax-11, which flattens from the axis: a wrong result. Ours is exact."""
+    text = """<ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, 4] x) => (float[N, 3, 4] y) { y = Softmax <axis = 1> (x) }"""
+    src = save_text(tmp_path / "sm13.onnx", text, ["softmax"])
+    x = np.random.default_rng(11).standard_normal((2, 3, 4)).astype(np.float32)
+    naive = onnx.version_converter.convert_version(onnx.load(src), 11)
+    naive_out = ort.InferenceSession(naive.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert rel_err(run(src, {"x": x})[0], naive_out) > 0.1
+    out = tmp_path / "sm11.onnx"
+    assert adapt(src, out, opset=11).parity
+    assert rel_err(run(src, {"x": x})[0], run(str(out), {"x": x})[0]) <= 1e-6
+
+
 def test_activation_decompositions_are_exact(tmp_path):
     src = save_text(tmp_path / "act.onnx", ACTIVATIONS_20)
     out = tmp_path / "act_prim.onnx"

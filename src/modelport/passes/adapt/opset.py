@@ -8,6 +8,8 @@ Where ``onnx.version_converter`` fails today, and what we do first:
   the converter only reads initializers, so constants are lifted into initializers;
 - a version that only added optional attributes (GatherND-12 ``batch_dims``, …), crossed
   downwards by a node that leaves them at their defaults: the attributes are dropped;
+- ``Softmax``/``LogSoftmax``/``Hardmax``-13 down to 12: the converter relabels them, which changes the
+  result unless the axis is the last; ours moves the axis last with a Transpose pair;
 - ``Split``-18 down to 17 (no adapter): ``num_outputs`` becomes equal parts or explicit sizes;
 - ``Reshape``-14 down to 13 (no adapter at all): the node is held out of the conversion in a
   private domain and put back without ``allowzero``, which is exact when ``allowzero`` is 0 or
@@ -219,44 +221,108 @@ def _drop_new_default_attrs(node: onnx.NodeProto, version: int) -> bool:
     return True
 
 
+def _softmax_13_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    """Softmax-13 (one axis) -> Softmax-11 (flattens from ``axis``): exact on the last axis; on another axis the
+    axis is moved last by a Transpose pair. onnx's converter relabels it, which is wrong for axis != last."""
+    rank = _rank(model, node.input[0])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    for a in list(node.attribute):
+        if a.name == "axis":
+            node.attribute.remove(a)
+    node.attribute.append(onnx.helper.make_attribute("axis", -1))
+    if rank is None:
+        if axis != -1:
+            raise UnsupportedError(f"{node.op_type} node {node.name!r} on axis {axis} of an input of unknown rank has no "
+                                   f"opset-12 form modelport can prove; no automatic fix")
+        return
+    axis = axis % rank
+    if axis == rank - 1:
+        return
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    inverse = [perm.index(i) for i in range(rank)]
+    base = node.name or node.output[0]
+    moved, result = f"{base}.axis_last", f"{base}.axis_last_out"
+    before = onnx.helper.make_node("Transpose", [node.input[0]], [moved], name=f"{base}/axis_last", perm=perm)
+    after = onnx.helper.make_node("Transpose", [result], [node.output[0]], name=f"{base}/axis_back", perm=inverse)
+    node.input[0], node.output[0] = moved, result
+    nodes = list(model.graph.node)
+    i = next((k for k, n in enumerate(nodes) if n is node), None)
+    if i is None:
+        raise UnsupportedError(f"{node.op_type} node {node.name!r} inside a subgraph on axis {axis}: no automatic fix")
+    nodes[i:i + 1] = [before, node, after]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _rank(model: onnx.ModelProto, name: str) -> int | None:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return None
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
 # Our adapters for down-conversions the converter lacks: (op, version) -> rewrite into the version-1 form.
-_DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down}
+_DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down, ("Softmax", 13): _softmax_13_down,
+                  ("LogSoftmax", 13): _softmax_13_down, ("Hardmax", 13): _softmax_13_down}
+# Where onnx's converter "succeeds" but changes the result: ours run first.
+_PREEMPT = {("Softmax", 13), ("LogSoftmax", 13), ("Hardmax", 13)}
 
 
-def _hold_step(model: onnx.ModelProto, version: int, down: bool, dropped: list[str]) -> int:
-    """Before the converter crosses the boundary at ``version``: hold the nodes it has no adapter for
-    but which need none (a type-only schema change) or which our own adapters rewrote."""
+def _hold_op(model: onnx.ModelProto, op: str, version: int, down: bool, dropped: list[str]) -> int:
+    """Hold the ``op`` nodes out of the converter's way across the boundary at ``version``, where that is
+    exact: a type-only schema change, new optional attributes left at their defaults, or our own adapter."""
     consts = _constant_values(model)
     held = 0
     for node in _all_nodes(model.graph):
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or node.op_type != op:
             continue
-        try:
-            changed = onnx.defs.get_schema(node.op_type, version, "").since_version == version
-        except onnx.defs.SchemaError:
-            continue
-        if not changed:
-            continue
-        adapter = _DOWN_ADAPTERS.get((node.op_type, version)) if down else None
+        adapter = _DOWN_ADAPTERS.get((op, version)) if down else None
         if adapter is not None:
             adapter(node, model, consts, dropped)
-        elif not _changed_type_only(node.op_type, version) and not (down and _drop_new_default_attrs(node, version)):
-            continue
+        elif not _changed_type_only(op, version) and not (down and _drop_new_default_attrs(node, version)):
+            return 0
         node.domain = HOLD_DOMAIN
         held += 1
-    if held:
+    if held and not any(i.domain == HOLD_DOMAIN for i in model.opset_import):
         model.opset_import.add(domain=HOLD_DOMAIN, version=1)
     return held
 
 
 def _step(model: onnx.ModelProto, src: int, dst: int, dropped: list[str]) -> tuple[onnx.ModelProto, int]:
+    """One opset step with onnx's converter; where it has no adapter for an op, hold that op if exact and retry."""
+    import re
+
     boundary = max(src, dst)
-    held = _hold_step(model, boundary, dst < src, dropped)
-    try:
-        out = onnx.version_converter.convert_version(model, dst)
-    except Exception as exc:
-        msg = " ".join(str(exc).split())
-        raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {dst}: {msg}") from None
+    held = 0
+    tried: set[str] = set()
+    if dst < src:
+        for op, version in _PREEMPT:
+            if version == boundary:
+                held += _hold_op(model, op, boundary, True, dropped)
+                tried.add(op)
+    while True:
+        try:
+            out = onnx.version_converter.convert_version(model, dst)
+            break
+        except Exception as exc:
+            msg = " ".join(str(exc).split())
+            m = re.search(r"[Aa]dapter (?:From|To) Version \$?\d+ for (\w+)", msg)
+            op = m.group(1) if m else None
+            if op is not None and op not in tried:
+                tried.add(op)
+                n = _hold_op(model, op, boundary, dst < src, dropped)
+                if n:
+                    held += n
+                    continue
+            where = ""
+            if op:
+                nodes = [n.name or "?" for n in _all_nodes(model.graph) if n.op_type == op][:6]
+                where = f" ({op} nodes: {', '.join(nodes)}; no automatic fix)" if nodes else ""
+            raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {dst}{where}: {msg}") from None
     _release(out)
     return out, held
 
@@ -299,7 +365,7 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
         held += n
     out = work
     if held:
-        notes.append(f"{held} type-only node version change(s) kept as they are")
+        notes.append(f"{held} node version change(s) onnx's converter has no adapter for kept as they are (exact: types only, or defaults)")
     if dropped:
         notes.append(f"allowzero dropped from {len(dropped)} Reshape node(s) (exact: no 0 in their shape)")
     try:
