@@ -386,6 +386,14 @@ def test_approximation_reports_error_and_task_metric(tmp_path):
     assert report.metric["before"] == 1.0 and report.metric["after"] >= 0.95 and report.metric["samples"] == 200
 
 
+def test_already_compatible_is_written_unchanged(cli, tmp_path):
+    src = save_text(tmp_path / "m20.onnx", GELU_LN_20)
+    out = tmp_path / "same.onnx"
+    res = cli("adapt", src, "-o", out, "--target", "onnxruntime-cpu")
+    assert res.exit_code == 0 and "already compatible with onnxruntime-cpu" in res.stdout
+    assert out.read_bytes() == Path(src).read_bytes()
+
+
 def test_device_cuda_falls_back_to_cpu(tmp_path):
     src = save_text(tmp_path / "m20.onnx", GELU_LN_20)
     report = adapt(src, tmp_path / "out.onnx", opset=17, device="cuda")

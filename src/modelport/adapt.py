@@ -388,9 +388,10 @@ def adapt(
             boundaries.append(io_pass.rename(irm, rename_map))
         steps.extend(AdaptStep(b.kind, b.describe()) for b in boundaries)
         proto = ir.serde.serialize_model(irm)
+    if not steps and target is None:
+        raise BadInputError("nothing to adapt: give --target or at least one change (--opset, --layout, --batch, --rename, …)", path=src)
     if not steps:
-        raise BadInputError("nothing to adapt: give --target or at least one change (--opset, --layout, --batch, --rename, …)"
-                            if target is None else f"already compatible with {profile.name}: nothing to adapt", path=src)
+        warnings.append(f"already compatible with {profile.name}: written unchanged")
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
@@ -411,6 +412,16 @@ def adapt(
         onnx.save(proto, str(tmp))
         say("verifying against the input")
         exact = not approximations
+        if not steps:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, out_path)
+            from modelport.formats.onnx_format import graph_signature
+
+            return AdaptReport(src, str(out_path), profile.name, (), (), None, None, before,
+                               Artifact(str(out_path), "onnx", graph_signature(proto)),
+                               tuple(warnings), time.perf_counter() - started, True)
         parity, metric = _verify(src, str(tmp), boundaries, orig_dtypes, device=device, exact=exact, inputs=inputs, dims=dims,
                                  rtol=rtol, atol=atol, seed=seed, eval_data=eval_data, warnings=warnings)
         parity = dataclasses.replace(parity, b=str(out_path))
