@@ -144,13 +144,24 @@ def test_user_profile_by_path(tmp_path, gelu_ln_20):
 
 
 def test_profile_agrees_with_onnxruntime_on_dtypes():
-    """Erf in float64: the profile says no, and onnxruntime indeed has no such kernel."""
+    """Erf in float64 / bfloat16: the profile says no, and onnxruntime indeed has no such kernel; float16 runs via Casts."""
     model = named("""<ir_version: 10, opset_import: ["" : 17]>
         g (double[4] x) => (double[4] y) { y = Erf (x) }""", ["erf64"])
     report = check_model(model, "onnxruntime-cpu")
     assert [(p.kind, p.where) for p in report.problems] == [("dtype", "erf64")]
     with pytest.raises(Exception, match="NOT_IMPLEMENTED|implementation"):
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    fp16 = named("""<ir_version: 10, opset_import: ["" : 17]>
+        g (float16[4] x) => (float16[4] y) { y = Erf (x) }""", ["erf16"])
+    report = check_model(fp16, "onnxruntime-cpu")  # no float16 Erf kernel, but onnxruntime inserts Casts
+    assert report and "inserted Casts" in report.notes[0]
+    assert ort.InferenceSession(fp16.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ones(4, np.float16)})[0].dtype == np.float16
+    bf16 = named("""<ir_version: 10, opset_import: ["" : 17]>
+        g (bfloat16[4] x) => (bfloat16[4] y) { y = Erf (x) }""", ["erf_bf16"])
+    assert [(p.kind, p.where) for p in check_model(bf16, "onnxruntime-cpu").problems] == [("dtype", "erf_bf16")]
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED|implementation"):
+        ort.InferenceSession(bf16.SerializeToString(), providers=["CPUExecutionProvider"])
     ok = named("""<ir_version: 10, opset_import: ["" : 17]>
         g (float[4] x) => (float[4] y) { y = Erf (x) }""", ["erf32"])
     assert check_model(ok, "onnxruntime-cpu")

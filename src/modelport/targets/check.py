@@ -180,7 +180,7 @@ def _opset_problems(model: onnx.ModelProto, profile: Profile, used: set[str]) ->
 
 
 def _op_problems(model: onnx.ModelProto, profile: Profile, opsets: dict[str, int], effective: int, types: dict[str, int],
-                 caveats: dict[tuple[str, str], list[str]]) -> list[Problem]:
+                 caveats: dict[tuple[str, str], list[str]], cast_nodes: dict[str, list[str]]) -> list[Problem]:
     problems: list[Problem] = []
     local = {(f.domain, f.name) for f in model.functions}
     bad_dtypes: dict[str, list[str]] = {}
@@ -210,6 +210,9 @@ def _op_problems(model: onnx.ModelProto, profile: Profile, opsets: dict[str, int
                 bad_dtypes.setdefault(d, []).append(label)
             elif entry.dtypes and d.startswith(("float", "bfloat")) and d not in entry.dtypes and any(
                     x.startswith(("float", "bfloat")) for x in entry.dtypes):
+                if profile.casts.get(d) in entry.dtypes:
+                    cast_nodes.setdefault(d, []).append(label)
+                    continue
                 problems.append(Problem("dtype", label, name, f"{name} node {label!r} computes in {d}; {profile.name}'s {node.op_type} "
                                         f"takes {', '.join(x for x in entry.dtypes if x.startswith(('float', 'bfloat')))}", NO_FIX))
     for d, labels in bad_dtypes.items():
@@ -255,9 +258,13 @@ def check_model(model: onnx.ModelProto, target: str | Path | Profile, *, path: s
     used = {norm_domain(n.domain) for n in _nodes(model.graph)} | {norm_domain(n.domain) for f in model.functions for n in f.node}
     problems, opsets, effective = _opset_problems(model, profile, used)
     caveats: dict[tuple[str, str], list[str]] = {}
-    problems += _op_problems(model, profile, opsets, effective, _types(model), caveats)
+    cast_nodes: dict[str, list[str]] = {}
+    problems += _op_problems(model, profile, opsets, effective, _types(model), caveats, cast_nodes)
     boundary, notes = _boundary_problems(model, profile)
     problems += boundary
+    for d, labels in cast_nodes.items():
+        notes.append(f"{len(labels)} {d} node(s) (e.g. {labels[0]!r}) have no {d} kernel on {profile.name}: "
+                     f"it runs them in {profile.casts[d]} through inserted Casts (slower)")
     for (name, note), labels in caveats.items():
         if not note.startswith(("lowers to", "folded")):
             notes.append(f"{name} ({len(labels)} node(s), e.g. {labels[0]!r}): {profile.name} says: {note}")

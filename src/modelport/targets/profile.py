@@ -11,6 +11,7 @@ A profile is a JSON file (format ``modelport-target/1``)::
       "dtypes": ["float32", ...],    # numpy names of tensor dtypes the target computes in
       "layout": "nchw" | "nhwc" | "any",
       "dynamic_dims": "all" | "batch" | "none",
+      "casts": {"float16": "float32"},  # optional: dtypes the runtime computes through inserted Casts
       "ops": {"": {"Gelu": [{"since": 20, "until": null, "dtypes": ["float32"]}]}}
     }
 
@@ -75,6 +76,7 @@ class Profile:
     dynamic_dims: str
     ops: dict[tuple[str, str], tuple[OpVersion, ...]]
     path: str = ""
+    casts: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def op_versions(self, domain: str, op: str) -> tuple[OpVersion, ...]:
         return self.ops.get((norm_domain(domain), op), ())
@@ -181,8 +183,12 @@ def profile_from_dict(data: Any, where: str = "<profile>") -> Profile:
             ops[(norm_domain(domain), op)] = tuple(
                 _op_version(e, where, f"ops[{domain!r}][{op!r}][{i}]") for i, e in enumerate(entries))
     dtypes = _dtypes(data.get("dtypes", []), where, "dtypes")
+    casts = data.get("casts", {})
+    if not isinstance(casts, dict):
+        raise _fail(where, f"casts must be an object mapping a dtype to the dtype it is computed in, got {casts!r}")
+    _dtypes(list(casts) + list(casts.values()), where, "casts")
     return Profile(data["name"], str(data.get("description", "")), str(data.get("source", "")), bool(data.get("reduced", False)),
-                   opsets, dtypes, layout, dynamic, ops, where)
+                   opsets, dtypes, layout, dynamic, ops, where, dict(casts))
 
 
 def _read(path: Path) -> Profile:
