@@ -463,6 +463,7 @@ def test_target_with_a_chosen_approximation(cli, tmp_path):
     assert check(out, "onnxruntime-nnapi")
 
 
+@pytest.mark.slow
 def test_approximation_matches_gelu_written_out_as_erf(attention20, tmp_path):
     """Below opset 20 exporters write Gelu as its erf formula: Gelu=tanh-approx matches that subgraph too."""
     decomposed = tmp_path / "attention13.onnx"

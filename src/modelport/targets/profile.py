@@ -28,6 +28,7 @@ our ONNX -> PyTorch converter's registry. A user passes their own file by path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,11 @@ def known_targets() -> list[str]:
     return sorted([p.stem for p in PROFILE_DIR.glob("*.json")] + list(LAZY_TARGETS))
 
 
+@functools.cache
 def _onnx_dtype_names() -> frozenset[str]:
     import onnx
 
     return frozenset(n.lower() for n in onnx.TensorProto.DataType.keys())
-
-
-_ONNX_DTYPES = _onnx_dtype_names()
 
 
 def _fail(where: str, problem: str) -> BadInputError:
@@ -125,7 +124,7 @@ def _dtypes(value: Any, where: str, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _fail(where, f"{what} must be a list of dtype names, got {value!r}")
     for v in value:
-        if v.lower() in _ONNX_DTYPES:
+        if v.lower() in _onnx_dtype_names():
             continue
         try:
             np.dtype(v)
