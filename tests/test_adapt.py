@@ -493,3 +493,21 @@ def test_nhwc_model_takes_nchw_and_normalizes_channels_last(tmp_path):
     assert adapt(src, nchw, layout="nchw").parity
     got = run(str(nchw), {"x": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
     assert rel_err(run(src, {"x": x})[0], got) <= 1e-5
+
+
+def test_passes_compose_with_onnx_ir_sequential(tmp_path):
+    import onnx_ir as ir
+
+    from modelport.passes.adapt.passes import OpsetPass, RenamePass, RewriteRulePass
+
+    src = save_text(tmp_path / "m20.onnx", GELU_LN_20)
+    model = ir.load(src)
+    rewrite = RewriteRulePass("Gelu=decompose")
+    result = ir.passes.Sequential(rewrite, RewriteRulePass("LayerNormalization=decompose"), OpsetPass(13),
+                                  RenamePass({"x": "tokens"}))(model)
+    assert result.modified and len(rewrite.application.nodes) == 1
+    out = tmp_path / "seq.onnx"
+    ir.save(result.model, out)
+    assert opset_of(str(out)) == 13 and not ops_of(str(out)) & {"Gelu", "LayerNormalization"}
+    x = np.random.default_rng(12).standard_normal((2, 8, 16)).astype(np.float32)
+    assert rel_err(run(src, {"x": x})[0], run(str(out), {"tokens": x})[0]) <= 1e-5
