@@ -177,9 +177,10 @@ def test_gelu_layernorm_opset20_to_opset13_target(cli, tmp_path):
     out = tmp_path / "m13.onnx"
     before = cli("check", src, "--target", "onnxruntime-opset13")
     assert before.exit_code == 3 and "ln1" in before.stdout and "gelu1" in before.stdout
-    res = cli("adapt", src, "-o", out, "--target", "onnxruntime-opset13", "--json")
+    res = cli("adapt", src, "-o", out, "--target", "onnxruntime-opset13", "--dim", "N=4", "--json")
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
+    assert [r["input_shapes"]["x"][0] for r in report["parity"]["runs"]] == [4, 5]  # the dynamic batch at 4, then 5
     assert report["check"]["ok"] and report["parity"]["ok"] and report["approximations"] == []
     assert cli("check", out, "--target", "onnxruntime-opset13").exit_code == 0
     assert opset_of(str(out)) == 13 and not ops_of(str(out)) & {"Gelu", "LayerNormalization"}

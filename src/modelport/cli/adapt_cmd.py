@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option("--device", help="cpu or cuda (falls back to CPU when CUDA is missing).")] = "cpu",
         eval_data: Annotated[Optional[str], typer.Option("--eval", help=".npz of inputs + labels: report top-1 before/after.")] = None,
         inputs: Annotated[Optional[str], typer.Option("--inputs", help="Verify on these inputs (.npz keyed by the adapted model's input names).")] = None,
+        dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim for verification, name=value (repeatable).")] = None,
         rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,
         list_rules: Annotated[bool, typer.Option("--list-rules", help="List the rewrite rules and exit.")] = False,
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Adapt an ONNX model to a target (ops, opset, inputs/outputs) and verify it still computes the same."""
         from modelport.adapt import adapt as run_adapt
+        from modelport.specs import parse_dims
 
         if list_rules:
             from modelport.passes.adapt.rules import all_rules
@@ -49,7 +51,8 @@ def register(app: typer.Typer) -> None:
         with progress(not as_json, f"adapting {model}") as update:
             report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
                                rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,
-                               eval_data=eval_data, inputs=inputs, rtol=rtol, atol=atol, progress=update)
+                               eval_data=eval_data, inputs=inputs, dims=parse_dims(dim) or None, rtol=rtol, atol=atol,
+                               progress=update)
         if as_json:
             emit_json(report)
             return
