@@ -14,6 +14,7 @@ flow through the generated ``forward`` under one of these kinds:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,10 @@ class ModuleState:
         return name
 
     def tensor(self, hint: str, arr: np.ndarray, param: bool) -> str:
+        if re.fullmatch(r"val_\d+", hint):
+            # torch.onnx's exporter names its own constants val_N: a buffer of that name
+            # would collide with them when the generated module is exported again.
+            hint = f"const_{hint[4:]}"
         attr = self.attrs.new(hint, short=False, fallback="c")
         arr = np.ascontiguousarray(arr)
         self.state[attr] = arr
