@@ -14,14 +14,22 @@ def test_demo_shows_equal_accuracy_across_formats(tmp_path, capsys):
     rc = main(["demo", "--json", "--epochs", "8", "--out", str(tmp_path)])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0
-    rows = {r["format"]: r for r in report["rows"]}
-    assert set(rows) == {"keras", "onnx", "torch"}
+    assert [(r["stage"], r["format"]) for r in report["rows"]] == [
+        ("trained", "keras"), ("converted", "onnx"), ("converted", "torch"),
+        ("pruned 50% + distilled", "onnx"), ("+ int8 static", "onnx"),
+    ]
+    rows = {r["format"]: r for r in report["rows"][:3]}
+    student, student_int8 = report["rows"][3:]
     assert rows["keras"]["accuracy"] > 0.85  # a real, trained model
     assert rows["onnx"]["accuracy"] == rows["keras"]["accuracy"]
     assert rows["torch"]["accuracy"] == rows["keras"]["accuracy"]
     for fmt in ("onnx", "torch"):
         assert rows[fmt]["parity"].startswith("ok"), rows[fmt]["parity"]
         assert rows[fmt]["p50_ms_batch1"] > 0 and rows[fmt]["p50_ms_batch8"] > 0
+    # the compressed models are real (smaller) and still classify digits
+    assert student["size_bytes"] < 0.6 * rows["onnx"]["size_bytes"]
+    assert student_int8["size_bytes"] < student["size_bytes"]
+    assert student["accuracy"] > 0.85 and student_int8["accuracy"] > student["accuracy"] - 0.02
     # --out keeps the artifacts
     assert (tmp_path / "digits_cnn.keras").is_file()
     assert (tmp_path / "digits_cnn.onnx").is_file()

@@ -1,7 +1,8 @@
 """The main job, end to end, on an embedded default: a Keras CNN trained on scikit-learn's digits.
 
 Train (seconds) -> convert Keras -> ONNX and Keras -> ONNX -> PyTorch (each verified against
-Keras) -> test-set accuracy of each -> bench each.
+Keras) -> 50% structured pruning + distillation + int8 static (each under an accuracy budget)
+-> test-set accuracy of each -> bench each.
 Each later capability adds its column: PyTorch (ONNX -> torch), TFLite, compression.
 """
 
@@ -44,7 +45,7 @@ class DemoReport:
     notes: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return all(r.parity.startswith("ok") or r.parity == "reference" for r in self.rows)
+        return not any(r.parity.startswith("FAILED") for r in self.rows)
 
 
 def digits_data(seed: int = 0):
@@ -61,7 +62,7 @@ def digits_data(seed: int = 0):
 
 
 def train_digits_cnn(path: Path, x_train, y_train, *, epochs: int = 12, seed: int = 0):
-    """A small Keras CNN (Conv-BN-ReLU x2, pooling, Dense), trained for seconds."""
+    """A small Keras CNN (Conv-BN-ReLU x3, pooling, Dense), trained for seconds."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from modelport.formats.base import require
 
@@ -71,14 +72,18 @@ def train_digits_cnn(path: Path, x_train, y_train, *, epochs: int = 12, seed: in
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8, 1), name="image")
     x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(x)
-    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(64, activation="relu")(x)
+    x = keras.layers.Conv2D(64, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    # Global pooling rather than Flatten: no layer width is frozen into a Reshape, so whole
+    # channels can be pruned later in the demo.
+    x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(10, name="logits")(x)
     model = keras.Model(inputs, outputs, name="digits_cnn")
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
@@ -99,6 +104,27 @@ def accuracy(path: str, x, y, batch: int = 256) -> float:
             out = next(iter(runner.run({name: x[i:i + batch]}).values()))
             correct += int((np.argmax(out, axis=-1) == y[i:i + batch]).sum())
     return correct / len(x)
+
+
+def _compress_chain(work: Path, onnx_path: str, x_train, y_train, x_test, y_test, say) -> list[tuple[str, str, str, str]]:
+    """50% structured pruning -> distillation from the full model -> int8 static, each judged on accuracy."""
+    from modelport.compress import compress
+    from modelport.distill import distill
+
+    train_npz, eval_npz, calib_npz = work / "digits_train.npz", work / "digits_test.npz", work / "digits_calib.npz"
+    np.savez(train_npz, image=x_train, labels=y_train)
+    np.savez(eval_npz, image=x_test, labels=y_test)
+    np.savez(calib_npz, image=x_train[:256])
+    say("pruning 50% of channels (structured)")
+    pruned = compress(onnx_path, work / "digits_cnn.pruned50.onnx", prune=0.5, structured=True, eval_data=eval_npz,
+                      bench_runs=5)
+    say("distilling the full model into the pruned one")
+    student = distill(onnx_path, pruned.out, work / "digits_cnn.student.onnx", data=train_npz, epochs=20, bench_runs=5)
+    say("quantizing the student to int8 (static, accuracy budget 1 point)")
+    final = compress(student.out, work / "digits_cnn.student.int8.onnx", quantize="static", calibration=calib_npz,
+                     eval_data=eval_npz, max_drop=0.01, bench_runs=5)
+    judged = "n/a: compressed, judged on accuracy"
+    return [("pruned 50% + distilled", "onnx", student.out, judged), ("+ int8 static", "onnx", final.out, judged)]
 
 
 def _parity(report) -> str:
@@ -139,6 +165,7 @@ def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: C
         say("converting ONNX -> PyTorch (verified against Keras)")
         torch_report = convert(keras_path, "torch", work / "digits_cnn_torch")
         models.append(("converted", "torch", torch_report.artifact.path, _parity(torch_report)))
+        models.extend(_compress_chain(work, onnx_path, x_train, y_train, x_test, y_test, say))
         say("measuring test accuracy")
         accs = [accuracy(path, x_test, y_test) for _, _, path, _ in models]
         say("benchmarking")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 
 import click
 import typer
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if not debug:  # frameworks' deprecation chatter is not the user's business; --debug shows it
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
     try:
         rc = app(args=args, prog_name="modelport", standalone_mode=False)
     except ModelportError as exc:

@@ -121,7 +121,9 @@ class KerasRunner(BaseRunner):
         # Compiled once per input-shape family: eager Keras calls are ~100x slower on small models,
         # and a user serving Keras would not call it eagerly either.
         model = self.model
-        self._call = tf.function(lambda *arrays: call_model(model, list(arrays)), reduce_retracing=True)
+        specs = [tf.TensorSpec([d if isinstance(d, int) else None for d in (s.shape or ())] if s.shape is not None else None,
+                               s.dtype) for s in inputs]
+        self._call = tf.function(lambda *arrays: call_model(model, list(arrays)), input_signature=specs)
 
     @property
     def signature(self) -> Signature:
