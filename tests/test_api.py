@@ -15,10 +15,13 @@ from modelport.specs import parse_dims, parse_input_spec, parse_input_specs, par
 
 
 def test_api_functions_stay_callable_after_submodule_imports():
+    import modelport.adapt  # noqa: F401
+    import modelport.compress  # noqa: F401
     import modelport.convert.pipeline  # noqa: F401
+    import modelport.distill  # noqa: F401
     import modelport.verify.inputs  # noqa: F401
 
-    for name in ("load", "convert", "verify", "inspect", "bench"):
+    for name in ("load", "convert", "verify", "inspect", "bench", "check", "adapt", "compress", "distill"):
         assert callable(getattr(modelport, name)), name
 
 

@@ -289,3 +289,26 @@ def test_savedmodel_and_tflite_params_match_the_keras_source():
     assert lite.format == "tflite" and lite.params == 64 * 32 + 32 * 10
     assert lite.op_histogram.get("FULLY_CONNECTED") == 2 and lite.node_count == sum(lite.op_histogram.values())
     assert lite.file_bytes == Path(zoo_tf.tflite_from_keras("mlp")).stat().st_size
+
+
+def test_quantized_ops_keep_the_float_model_macs(tmp_path):
+    """ConvInteger (int8 dynamic) and MatMulNBits (int4) do the same multiply-accumulates as their float ops."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    conv = _save(_conv_model(batch=1), tmp_path / "conv.onnx")
+    quantize_dynamic(conv, tmp_path / "conv.int8.onnx", weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv"])
+    assert "ConvInteger" in inspect(str(tmp_path / "conv.int8.onnx")).op_histogram
+    assert inspect(str(tmp_path / "conv.int8.onnx")).macs == inspect(conv).macs
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 32])], [w])
+    mm = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantizer = MatMulNBitsQuantizer(mm, block_size=32, is_symmetric=True)
+    quantizer.process()
+    int4 = _save(quantizer.model.model, tmp_path / "mm.int4.onnx")
+    assert "com.microsoft::MatMulNBits" in inspect(int4).op_histogram
+    assert inspect(int4).macs == 4 * 64 * 32

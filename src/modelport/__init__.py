@@ -11,7 +11,10 @@ from __future__ import annotations
 # same names are bound here, so that a later import of a submodule cannot rebind the name.
 import modelport.convert as _convert_package  # noqa: F401
 import modelport.verify as _verify_package  # noqa: F401
+from modelport.adapt import adapt, check
 from modelport.api import bench, convert, inspect, load, verify
+from modelport.compress import compress
+from modelport.distill import distill
 from modelport.artifact import Artifact, Signature, StepRecord, TensorSpec
 from modelport.errors import (
     BadInputError,
@@ -37,8 +40,12 @@ __all__ = [
     "TensorSpec",
     "UnsafeError",
     "UnsupportedError",
+    "adapt",
     "bench",
+    "check",
+    "compress",
     "convert",
+    "distill",
     "inspect",
     "load",
     "verify",

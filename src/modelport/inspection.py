@@ -30,7 +30,8 @@ from modelport.formats import LoadOptions, detect, open_runner, split_module_spe
 
 __all__ = ["InspectReport", "OnnxDetails", "inspect", "onnx_macs"]
 
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+MAC_OPS = ("Conv", "ConvInteger", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+           "MatMulNBits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,8 +284,8 @@ def node_macs(node, shapes: dict[str, tuple[int, ...] | None]) -> int | None:
         return shapes.get(names[i]) if i < len(names) and names[i] else None
 
     op = node.op_type
-    if op in ("Conv", "QLinearConv"):
-        w, y = shape(1 if op == "Conv" else 3), shape(0, True)
+    if op in ("Conv", "ConvInteger", "QLinearConv"):
+        w, y = shape(3 if op == "QLinearConv" else 1), shape(0, True)
         return None if w is None or y is None else math.prod(y) * math.prod(w[1:])
     if op == "ConvTranspose":
         x, w = shape(0), shape(1)
@@ -298,6 +299,9 @@ def node_macs(node, shapes: dict[str, tuple[int, ...] | None]) -> int | None:
     if op in ("MatMul", "MatMulInteger", "QLinearMatMul"):
         a, y = shape(0), shape(0, True)
         return None if a is None or y is None or not a else math.prod(y) * a[-1]
+    if op == "MatMulNBits":  # com.microsoft int4 weights: A [..., K] x W [K, N]; K and N are attributes
+        a = shape(0)
+        return None if a is None or not a else math.prod(a[:-1]) * _attr(node, "K") * _attr(node, "N")
     return None
 
 
