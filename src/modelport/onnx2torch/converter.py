@@ -85,9 +85,43 @@ def _walk(graph: onnx.GraphProto):
                 yield from _walk(g)
 
 
+#: initializers with more elements than this are typed graph inputs in the copy that shape
+#: inference reads: their values never matter to inference, and copying them is the cost.
+_INFER_MAX_ELEMENTS = 1024
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers are typed graph inputs instead.
+
+    Shape inference serializes the whole model; for a model of ~100 MB that dominates the
+    conversion. Small initializers (shapes, axes, scalars) stay, so data propagation still
+    sees them.
+    """
+    g = model.graph
+    slim = onnx.ModelProto()
+    for fld in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(slim, fld, getattr(model, fld))
+    slim.opset_import.extend(model.opset_import)
+    slim.functions.extend(model.functions)
+    sg = slim.graph
+    sg.name = g.name
+    sg.node.extend(g.node)
+    sg.input.extend(g.input)
+    sg.output.extend(g.output)
+    sg.value_info.extend(g.value_info)
+    sg.sparse_initializer.extend(g.sparse_initializer)
+    listed = {i.name for i in g.input}
+    for init in g.initializer:
+        if int(np.prod(init.dims)) <= _INFER_MAX_ELEMENTS or init.data_location == onnx.TensorProto.EXTERNAL:
+            sg.initializer.append(init)
+        elif init.name not in listed:
+            sg.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return slim
+
+
 def _value_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        model = onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
     except Exception:  # noqa: BLE001  (inference is a hint; conversion works without it)
         pass
     out: dict[str, tuple[int, list | None]] = {}
@@ -127,10 +161,13 @@ def _outer_refs(graph: onnx.GraphProto) -> set[str]:
 
 def check(model: onnx.ModelProto | str | os.PathLike) -> list[Unsupported]:
     """Lists every node (subgraphs included) that has no converter; empty means convertible."""
-    model = _as_model(model)
+    return _check(_as_model(model))
+
+
+def _check(model: onnx.ModelProto, types: dict | None = None) -> list[Unsupported]:
     registry._load_ops()
     opsets = _opsets(model)
-    types = _value_types(model)
+    types = _value_types(model) if types is None else types
     found: list[Unsupported] = []
     for node in _walk(model.graph):
         domain = "" if node.domain in registry.DEFAULT_DOMAINS else node.domain
@@ -160,10 +197,11 @@ def _trainable(graph: onnx.GraphProto) -> set[str]:
     return out
 
 
-def generate(model: onnx.ModelProto) -> tuple[str, dict[str, np.ndarray], dict, codegen.ModuleState]:
+def generate(model: onnx.ModelProto, types: dict | None = None) -> tuple[str, dict[str, np.ndarray], dict, codegen.ModuleState]:
     """Builds the source of model.py, its state dict and metadata, in memory."""
     registry._load_ops()
-    ms = codegen.ModuleState(types=_value_types(model), opsets=_opsets(model),
+    types = _value_types(model) if types is None else types
+    ms = codegen.ModuleState(types=types, opsets=_opsets(model),
                              trainable=_trainable(model.graph))
     for node in _walk(model.graph):
         for i in node.input:
@@ -246,10 +284,11 @@ def convert(model: onnx.ModelProto | str | os.PathLike, out_dir: str | os.PathLi
     if not isinstance(model, onnx.ModelProto):
         path_sha = hashlib.sha256(Path(model).read_bytes()).hexdigest()
     model = _as_model(model)
-    problems = check(model)
+    types = _value_types(model)
+    problems = _check(model, types)
     if problems:
         raise UnsupportedOpsError(problems)
-    source, state, meta, ms = generate(model)
+    source, state, meta, ms = generate(model, types)
     if ms.problems:
         opsets = ms.opsets
         raise UnsupportedOpsError([Unsupported(n.name, n.op_type, n.domain, opsets.get(
@@ -257,7 +296,12 @@ def convert(model: onnx.ModelProto | str | os.PathLike, out_dir: str | os.PathLi
     import safetensors.torch
 
     out = Path(out_dir)
-    tensors = {k: dtypes.to_torch(v) for k, v in state.items()}
+    seen: set[int] = set()  # one initializer read by several layers is written once per layer
+    tensors = {}
+    for k, v in state.items():
+        base = v.base if v.base is not None else v
+        tensors[k] = dtypes.to_torch(v, copy=id(base) in seen)
+        seen.add(id(base))
     safetensors.torch.save_file(tensors, str(out / WEIGHTS_FILE))
     (out / MODEL_FILE).write_text(source)
     meta.update({

@@ -35,8 +35,11 @@ def onnx_type(arr: np.ndarray) -> int:
         return T.UNDEFINED
 
 
-def to_torch(arr: np.ndarray):
-    """A contiguous torch tensor with the same dtype as ``arr`` (ml_dtypes included)."""
+def to_torch(arr: np.ndarray, copy: bool = True):
+    """A contiguous torch tensor with the same dtype as ``arr`` (ml_dtypes included).
+
+    ``copy=False`` shares memory where the dtype allows (for a tensor that is only read).
+    """
     import torch
 
     arr = np.ascontiguousarray(arr)
@@ -53,7 +56,13 @@ def to_torch(arr: np.ndarray):
         return torch.from_numpy(arr.astype(np.int64)).to(torch.uint32)
     if arr.dtype == np.uint64:
         return torch.from_numpy(arr.view(np.int64).copy()).view(torch.uint64)
-    return torch.from_numpy(arr.copy())
+    if copy:
+        return torch.from_numpy(arr.copy())
+    import warnings
+
+    with warnings.catch_warnings():  # a read-only buffer: the tensor is only read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
 
 
 def to_numpy(t) -> np.ndarray:
