@@ -16,8 +16,10 @@ column prints n/a. That process has no transformers, so it cannot run the origin
 module; it runs onnx2torch's module interleaved with modelport's generated model.py
 (which imports only torch), and its ratio to the original is bridged through that:
 ``o2t/original = (o2t/generated there) * (generated/original here)``. onnx2torch accepts
-opsets <= 16 only, so the dynamo exporter's opset-18 files are also offered to it
-down-converted with onnx.version_converter; a model it cannot convert prints why.
+opsets <= 16 only, so it is offered the dynamo exporter's opset-18 file, a copy
+down-converted to opset 16 with onnx.version_converter, and the TorchScript exporter's
+opset-14 file, in that order; the first it converts is timed, and a model it cannot
+convert prints why.
 
 Conversion: a BERT config with hidden 512, 6 layers, 8 heads, intermediate 1024 and the
 30522-token vocabulary (~28M parameters), exported with dynamo; the time is
@@ -83,37 +85,53 @@ def feeds_for(kind: str, batch: int, seed: int = 0):
     return [ids, mask]
 
 
-def load_generated(out_dir: str):
-    """model.py + weights.safetensors as an nn.Module, without modelport (as a user would)."""
+def load_generated(out_dir: str, state_pt: str | None = None):
+    """model.py + its weights as an nn.Module, without modelport (as a user would).
+
+    ``state_pt``: the same state dict saved with torch.save, for an environment without
+    safetensors (the onnx2torch one); read with ``weights_only=True``.
+    """
     import importlib.util
 
-    import safetensors.torch
+    import torch
 
     spec = importlib.util.spec_from_file_location(f"generated_{Path(out_dir).name}", Path(out_dir) / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     net = module.Model()
-    net.load_state_dict(safetensors.torch.load_file(str(Path(out_dir) / "weights.safetensors")))
+    if state_pt:
+        state = torch.load(state_pt, weights_only=True)
+    else:
+        import safetensors.torch
+
+        state = safetensors.torch.load_file(str(Path(out_dir) / "weights.safetensors"))
+    net.load_state_dict(state)
     return net.eval()
 
 
 # --------------------------------------------------------------------------- onnx2torch side (child)
 
-def _onnx2torch_module(onnx_path: str):
-    """onnx2torch's module for the file, or for a copy down-converted to opset 16; (module, note)."""
+def _onnx2torch_module(onnx_path: str, legacy_path: str | None):
+    """onnx2torch's module for the dynamo file, a copy of it down-converted to opset 16, or the
+    TorchScript exporter's file; (module or None, what was used or why each attempt failed)."""
     import onnx
     import onnx2torch
 
     model = onnx.load(onnx_path)
+    attempts = [("dynamo opset 18 file", lambda: model),
+                ("dynamo file down-converted to opset 16", lambda: onnx.version_converter.convert_version(model, 16))]
+    if legacy_path:
+        attempts.append(("TorchScript exporter's opset 14 file", lambda: onnx.load(legacy_path)))
     errors = []
-    for opset in (None, 16):
+    for what, get in attempts:
         try:
-            m = model if opset is None else onnx.version_converter.convert_version(model, opset)
-            return onnx2torch.convert(m).eval(), "" if opset is None else f"opset {opset} copy"
+            t = time.perf_counter()
+            net = onnx2torch.convert(get()).eval()
+            return net, what, time.perf_counter() - t
         except Exception as exc:  # noqa: BLE001  (reported, not raised)
-            errors.append(f"{'as is' if opset is None else f'opset {opset}'}: {type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}")
-    return None, "; ".join(errors)
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            errors.append(f"{what}: {type(exc).__name__}: {first}")
+    return None, "; ".join(errors), None
 
 
 def child_main(job: dict) -> dict:
@@ -125,29 +143,29 @@ def child_main(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     out: dict = {"latency": {}, "convert": None}
     for kind, item in job["latency"].items():
-        net, note = _onnx2torch_module(item["onnx"])
+        net, note, _ = _onnx2torch_module(item["onnx"], item.get("legacy"))
         if net is None:
             out["latency"][kind] = {"error": note}
             continue
-        gen = load_generated(item["generated"])
+        gen = load_generated(item["generated"], item["state_pt"])
         res = {"note": note}
         for b in job["batches"]:
             xs = [torch.from_numpy(a) for a in feeds_for(kind, b)]
-            with torch.inference_mode():
-                ref, got = gen(*xs), net(*xs)
-            err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+            try:
+                with torch.inference_mode():
+                    ref, got = gen(*xs), net(*xs)
+                got = got[0] if isinstance(got, (tuple, list)) else got
+                err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+            except Exception as exc:  # noqa: BLE001  (a module that fails to run is a result)
+                first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+                res[str(b)] = {"error": f"batch {b}: {type(exc).__name__}: {first}"}
+                continue
             med = interleaved({"o2t": lambda: net(*xs), "gen": lambda: gen(*xs)}, job["runs"], job["warmup"])
             res[str(b)] = {"o2t": med["o2t"], "gen": med["gen"], "rel_err": err}
         out["latency"][kind] = res
     if job.get("big"):
-        import onnx2torch
-
-        t = time.perf_counter()
-        try:
-            onnx2torch.convert(job["big"])
-            out["convert"] = {"seconds": time.perf_counter() - t}
-        except Exception as exc:  # noqa: BLE001
-            out["convert"] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"}
+        net, note, seconds = _onnx2torch_module(job["big"], job.get("big_legacy"))
+        out["convert"] = {"seconds": seconds, "note": note} if net is not None else {"error": note}
     return out
 
 
@@ -191,8 +209,24 @@ def export(module, args, dynamic_shapes, names, path: Path) -> str:
     return str(path)
 
 
+def export_legacy(module, args, names, dynamic_axes, path: Path) -> str | None:
+    """The TorchScript exporter's file at opset 14 (what onnx2torch users feed it), or None."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=14, input_names=names,
+                              dynamic_axes=dynamic_axes)
+    except Exception:  # noqa: BLE001  (only a comparison input)
+        return None
+    return str(path)
+
+
 def build_models(work: Path) -> dict:
-    """Original modules and their ONNX exports: cnn and bert."""
+    """Original modules, their ONNX exports (dynamo) and TorchScript-exporter files: cnn and bert."""
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -203,14 +237,18 @@ def build_models(work: Path) -> dict:
     bert = zoo.load_module(zoo.write_bert(work / "bert_src").spec).eval()
     b, s = torch.export.Dim("batch", max=64), torch.export.Dim("sequence", max=64)
     ids = torch.randint(0, 1000, (2, 16))
+    x = torch.randn(2, 3, 32, 32)
+    text = ["input_ids", "attention_mask"]
     return {
-        "cnn": (cnn, export(cnn, (torch.randn(2, 3, 32, 32),), ({0: b},), ["x"], work / "cnn.onnx")),
-        "bert": (bert, export(bert, (ids, torch.ones_like(ids)), ({0: b, 1: s}, {0: b, 1: s}),
-                              ["input_ids", "attention_mask"], work / "bert.onnx")),
+        "cnn": (cnn, export(cnn, (x,), ({0: b},), ["x"], work / "cnn.onnx"),
+                export_legacy(cnn, (x,), ["x"], {"x": {0: "batch"}}, work / "cnn_ts.onnx")),
+        "bert": (bert, export(bert, (ids, torch.ones_like(ids)), ({0: b, 1: s}, {0: b, 1: s}), text, work / "bert.onnx"),
+                 export_legacy(bert, (ids, torch.ones_like(ids)), text, {n: {0: "batch", 1: "sequence"} for n in text},
+                               work / "bert_ts.onnx")),
     }
 
 
-def big_bert(work: Path) -> tuple[str, int]:
+def big_bert(work: Path) -> tuple[str, str | None, int]:
     import torch
     import transformers
 
@@ -229,9 +267,12 @@ def big_bert(work: Path) -> tuple[str, int]:
 
     b, s = torch.export.Dim("batch", max=64), torch.export.Dim("sequence", max=128)
     ids = torch.randint(0, 30522, (2, 16))
-    path = export(Hidden().eval(), (ids, torch.ones_like(ids)), ({0: b, 1: s}, {0: b, 1: s}),
-                  ["input_ids", "attention_mask"], work / "bert25m.onnx")
-    return path, sum(p.numel() for p in bert.parameters())
+    text = ["input_ids", "attention_mask"]
+    path = export(Hidden().eval(), (ids, torch.ones_like(ids)), ({0: b, 1: s}, {0: b, 1: s}), text,
+                  work / "bert25m.onnx")
+    legacy = export_legacy(Hidden().eval(), (ids, torch.ones_like(ids)), text,
+                           {n: {0: "batch", 1: "sequence"} for n in text}, work / "bert25m_ts.onnx")
+    return path, legacy, sum(p.numel() for p in bert.parameters())
 
 
 def resnet50(work: Path) -> str:
@@ -279,12 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="onnx2torch-perf-"))
     models = build_models(work)
     generated, rows = {}, []
-    for kind, (original, onnx_path) in models.items():
+    for kind, (original, onnx_path, _) in models.items():
         out = work / f"{kind}_torch"
         out.mkdir()
         onnx2torch.convert(onnx_path, out)
         generated[kind] = str(out)
         gen = load_generated(str(out))
+        torch.save(gen.state_dict(), work / f"{kind}_state.pt")
         for b in BATCHES:
             xs = [torch.from_numpy(a) for a in feeds_for(kind, b)]
             with torch.inference_mode():
@@ -293,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             med = interleaved({"orig": lambda: original(*xs), "gen": lambda: gen(*xs)}, args.runs, args.warmup)
             rows.append((kind, b, med["orig"], med["gen"], err))
 
-    big, n_params = big_bert(work)
+    big, big_legacy, n_params = big_bert(work)
     out = work / "bert25m_torch"
     out.mkdir()
     t = time.perf_counter()
@@ -307,10 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx2torch_python:
         child = run_child(args.onnx2torch_python, {
             "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "batches": list(BATCHES),
-            "latency": {k: {"onnx": models[k][1], "generated": generated[k]} for k in models}, "big": big})
+            "latency": {k: {"onnx": models[k][1], "legacy": models[k][2], "generated": generated[k],
+                             "state_pt": str(work / f"{k}_state.pt")} for k in models},
+            "big": big, "big_legacy": big_legacy})
 
     print(f"\nLatency, ms (median of {args.runs} interleaved runs, {args.threads} thread(s), "
-          f"torch {torch.__version__}); x = / original")
+          f"torch {torch.__version__}); x = / original (onnx2torch's: measured in its own "
+          "process against model.py, bridged to the original)")
     print(f"{'model':<6}{'batch':>6}{'original':>10}{'modelport':>11}{'x':>7}{'onnx2torch':>12}{'x':>7}  rel err")
     for kind, b, orig, gen, err in rows:
         o2t, ox = "n/a", ""
@@ -320,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             c = child["latency"].get(kind, {})
             if "error" in c:
                 o2t = "no conv"
+            elif "error" in c.get(str(b), {}):
+                o2t = "fails"
             elif str(b) in c:
                 ratio = c[str(b)]["o2t"] / c[str(b)]["gen"] * (gen / orig)
                 o2t, ox = f"{c[str(b)]['o2t'] * 1e3:.3f}", f"{ratio:.2f}"
@@ -330,13 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         for kind, c in child["latency"].items():
             if "error" in c:
                 print(f"onnx2torch cannot convert {kind}: {c['error']}")
-            elif c.get("note"):
-                print(f"onnx2torch converted {kind} from an {c['note']}")
+            else:
+                print(f"onnx2torch converted {kind} from the {c['note']}; "
+                      + "; ".join(c[str(b)]["error"] if "error" in c[str(b)] else
+                                  f"batch {b} max rel err vs modelport's module {c[str(b)]['rel_err']:.1e}"
+                                  for b in BATCHES))
     print(f"\nConversion of a {n_params / 1e6:.1f}M-parameter BERT (dynamo, opset 18): modelport "
           f"{convert_s:.2f} s (target < 5 s), load {load_s:.2f} s", end="")
     if child and child.get("convert"):
         c = child["convert"]
-        print(f"; onnx2torch {c['seconds']:.2f} s" if "seconds" in c else f"; onnx2torch fails ({c['error']})")
+        print(f"; onnx2torch {c['seconds']:.2f} s (from the {c['note']})" if "seconds" in c
+              else f"; onnx2torch fails ({c['error']})")
     else:
         print("; onnx2torch n/a")
     if args.resnet50:
