@@ -1,19 +1,30 @@
 """ONNX backend test suite: onnxruntime vs modelport vs onnx2torch, per test group.
 
     python benchmarks/onnx_backend_suite.py [--jobs N] [--filter SUBSTRING] [--groups node,simple]
+        [--onnx2torch-python /tmp/o2t/bin/python]
 
 Prints a pass-count table per group, then modelport's failing categories with reasons;
 the last line is ``modelport: N/1884 node cases pass``.
+
+onnx2torch (the PyPI package) is never a dependency of modelport: install it in a separate
+environment (``python3.11 -m venv /tmp/o2t && /tmp/o2t/bin/pip install -c constraints.txt
+torch==2.13.0 onnx==1.23.2 onnxruntime==1.32.0 && /tmp/o2t/bin/pip install --no-deps
+onnx2torch``) and pass its python with ``--onnx2torch-python``: the same cases then run
+through onnx2torch in a subprocess there (modelport's source on its PYTHONPATH for the
+harness only), after this process's runs. Without it the column prints n/a.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -27,6 +38,28 @@ def _category(reason: str) -> str:
     return r[:110]
 
 
+def _child(args) -> int:
+    """In the onnx2torch environment: one group through onnx2torch, outcomes as JSON on stdout's last line."""
+    cases, _ = bs.load_cases(args.groups, args.filter)
+    outcomes = bs.run_suite(cases, ("onnx2torch",), args.jobs, args.timeout)
+    sys.stdout.flush()
+    print(json.dumps([[o.case, o.status, o.reason] for o in outcomes]))
+    return 0
+
+
+def _onnx2torch_outcomes(python: str, group: str, args) -> tuple[list[bs.Outcome] | None, str]:
+    """Runs ``group`` through onnx2torch in its own environment; (outcomes or None, why not)."""
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    cmd = [python, __file__, "--child-onnx2torch", "--groups", group, "--jobs", str(args.jobs),
+           "--timeout", str(args.timeout)] + (["--filter", args.filter] if args.filter else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src))
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"onnx2torch subprocess exited {proc.returncode}: {tail}"
+    return [bs.Outcome(c, "onnx2torch", st, r) for c, st, r in json.loads(lines[-1])], ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
@@ -34,14 +67,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups", default=",".join(bs.GROUPS))
     ap.add_argument("--timeout", type=float, default=60.0, help="per-case seconds")
     ap.add_argument("--list-failures", action="store_true", help="print every failing case")
+    ap.add_argument("--onnx2torch-python", default=None,
+                    help="python of a separate environment with onnx2torch installed (comparison column)")
+    ap.add_argument("--child-onnx2torch", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child_onnx2torch:
+        return _child(args)
 
-    backends = ["onnxruntime", "modelport"] + (["onnx2torch"] if bs.onnx2torch_available() else [])
+    local_o2t = not args.onnx2torch_python and bs.onnx2torch_available()
+    backends = ["onnxruntime", "modelport"] + (["onnx2torch"] if local_o2t else [])
     node_total, node_pass = 0, 0
     for group in args.groups.split(","):
         t0 = time.time()
         cases, missing = bs.load_cases(group, args.filter)
         outcomes = bs.run_suite(cases, tuple(backends), args.jobs, args.timeout)
+        shown = list(backends)
+        note = ""
+        if args.onnx2torch_python:
+            o2t, note = _onnx2torch_outcomes(args.onnx2torch_python, group, args)
+            if o2t is not None:
+                outcomes += o2t
+                shown.append("onnx2torch")
         by = collections.defaultdict(dict)
         for o in outcomes:
             by[o.backend][o.case] = o
@@ -51,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"{' …' if len(missing) > 8 else ''}" if missing else ""))
         print(f"{'backend':<14}{'pass':>6}{'fail':>6}{'unsup':>7}{'error':>7}{'timeout':>9}")
         for b in bs.BACKENDS:
-            if b not in backends:
-                print(f"{b:<14}{'n/a':>6}")
+            if b not in shown:
+                print(f"{b:<14}{'n/a':>6}" + (f"  ({note})" if b == "onnx2torch" and note else ""))
                 continue
             c = collections.Counter(o.status for o in by[b].values())
             print(f"{b:<14}{c['pass']:>6}{c['fail']:>6}{c['unsupported']:>7}{c['error']:>7}{c['timeout']:>9}")

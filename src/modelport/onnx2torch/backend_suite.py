@@ -201,9 +201,31 @@ def run_onnxruntime(model: onnx.ModelProto, inputs: list) -> list:
     return sess.run(None, dict(zip(names, inputs)))
 
 
-def run_onnx2torch(model: onnx.ModelProto, inputs: list) -> list:
+def _import_onnx2torch():
+    """The onnx2torch package (comparison only). It imports torchvision at import time, for its
+    NMS and RoiAlign converters alone; where torchvision is absent (the comparison environment
+    installs onnx2torch with --no-deps) a stub stands in and those two converters fail."""
+    import importlib.util
+    import sys
+    import types
+
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        def missing(*_a, **_k):
+            raise RuntimeError("torchvision is not installed in the onnx2torch environment")
+
+        tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+        ops.nms = ops.roi_align = ops.box_convert = missing
+        tv.ops = ops
+        sys.modules.update({"torchvision": tv, "torchvision.ops": ops})
     import onnx2torch
+
+    return onnx2torch
+
+
+def run_onnx2torch(model: onnx.ModelProto, inputs: list) -> list:
     import torch
+
+    onnx2torch = _import_onnx2torch()
 
     net = onnx2torch.convert(model).eval()
     with torch.no_grad():
@@ -217,7 +239,7 @@ RUNNERS = {"onnxruntime": run_onnxruntime, "modelport": run_modelport, "onnx2tor
 
 def onnx2torch_available() -> bool:
     try:
-        import onnx2torch  # noqa: F401
+        _import_onnx2torch()
     except Exception:  # noqa: BLE001
         return False
     return True
@@ -237,6 +259,10 @@ def run_case(case: Case, backend: str) -> Outcome:
     except UnsupportedOpsError as e:
         reasons = sorted({u.reason for u in e.unsupported})
         return Outcome(case.name, backend, "unsupported", "; ".join(reasons))
+    except NotImplementedError as e:  # onnx2torch's way of saying "no converter"
+        if backend != "onnx2torch":
+            raise
+        return Outcome(case.name, backend, "unsupported", str(e).strip().splitlines()[0][:160] if str(e).strip() else "")
     except Exception as e:  # noqa: BLE001  (a failing case is a result, not a crash)
         tb = traceback.extract_tb(e.__traceback__)
         where = f" @ {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
