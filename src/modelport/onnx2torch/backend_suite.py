@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 
 import numpy as np
 import onnx
+import onnx.backend.test
 from onnx import numpy_helper
 
 GROUPS = ("node", "simple", "pytorch-converted", "pytorch-operator", "light")
@@ -83,9 +84,44 @@ def _np(v):
     return v
 
 
+def _light_cases(name_filter: str | None) -> tuple[list[Case], list[str]]:
+    """The nine ``light`` models (real architectures whose weights are ConstantOfShape
+    nodes), fed the way onnx's backend runner feeds them: every non-initializer input is
+    ``arange(n) / n`` (float32, unknown dims 1), checked against ``light_<name>_output_0.pb``."""
+    from onnx.backend.test.case.model import collect_testcases
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(onnx.backend.test.__file__))))
+    cases, missing = [], []
+    for tc in collect_testcases():
+        if not (tc.url or "").startswith("onnx/backend/test/data/light/"):
+            continue
+        if name_filter and name_filter not in tc.name:
+            continue
+        path = os.path.join(root, tc.url)
+        out = os.path.splitext(path)[0] + "_output_0.pb"
+        if not os.path.exists(path) or not os.path.exists(out):
+            missing.append(tc.name)
+            continue
+        model = onnx.load(path)
+        inits = {i.name for i in model.graph.initializer}
+        inputs = []
+        for vi in model.graph.input:
+            if vi.name in inits:
+                continue
+            shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim)
+            n = int(np.prod(shape))
+            inputs.append((np.arange(n).reshape(shape) / n).astype(np.float32))
+        outputs = [_read_value(out, model.graph.output[0])]
+        cases.append(Case("light", tc.name, model, [(inputs, outputs)], tc.rtol, tc.atol))
+    return cases, missing
+
+
 def load_cases(group: str, name_filter: str | None = None) -> tuple[list[Case], list[str]]:
     """Cases of one group, and the names of those whose files are missing."""
     from onnx.backend.test.loader import load_model_tests
+
+    if group == "light":
+        return _light_cases(name_filter)
 
     import warnings
 
