@@ -73,3 +73,22 @@ def test_parse_specs_dims_and_lists():
         parse_int_list("1,a", "--batch")
     with pytest.raises(BadInputError):
         parse_int_list("0", "--batch")
+
+
+def test_input_specs_by_position_keep_the_model_input_names(tmp_path):
+    import numpy as np
+    import onnx
+    import onnx.parser
+
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[batch, 4] data) => (float[batch, 4] y) { y = Relu(data) }
+    """)
+    path = tmp_path / "relu.onnx"
+    onnx.save(model, path)
+    with modelport.load(path, input_specs=["x:3x4:float32"]) as runner:
+        assert runner.signature.inputs == (TensorSpec("data", "float32", (3, 4)),)
+        out = runner.run({"data": np.full((3, 4), -1.0, np.float32)})
+    assert np.all(out["y"] == 0)
+    report = modelport.verify(path, path, input_specs=["x:3x4:float32"])
+    assert report.ok and report.runs[0].input_shapes == {"data": (3, 4)}

@@ -121,7 +121,13 @@ def fill_signature(declared: tuple[TensorSpec, ...], given: tuple[TensorSpec, ..
     if not declared:
         return given
     by_name = {s.name: s for s in given}
+    positional = len(given) == len(declared) and not set(by_name) & {s.name for s in declared}
     out = []
     for i, spec in enumerate(declared):
-        out.append(by_name.get(spec.name) or (given[i] if len(given) == len(declared) else spec))
+        if spec.name in by_name:
+            out.append(by_name[spec.name])
+        elif positional:  # the model's own input names stay: the runtime feeds by them
+            out.append(TensorSpec(spec.name, given[i].dtype, given[i].shape))
+        else:
+            out.append(spec)
     return tuple(out)
