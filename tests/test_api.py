@@ -92,3 +92,29 @@ def test_input_specs_by_position_keep_the_model_input_names(tmp_path):
     assert np.all(out["y"] == 0)
     report = modelport.verify(path, path, input_specs=["x:3x4:float32"])
     assert report.ok and report.runs[0].input_shapes == {"data": (3, 4)}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--epochs", "0"], "--epochs must be >= 1"),
+        (["bench", "m.onnx", "--batch", "0"], "bad --batch"),
+        (["bench", "m.onnx", "--batch", "1,x"], "bad --batch"),
+        (["bench", "m.onnx", "--runs", "0"], "--runs >= 1"),
+        (["verify", "a.onnx", "b.onnx", "--dim", "batch"], "bad --dim"),
+        (["convert", "a.onnx", "--to", "onnx", "--input", "x:1x?x:float99"], "bad --input"),
+    ],
+)
+def test_cli_rejects_bad_options_with_exit_2(argv, message, capsys):
+    from modelport.cli.app import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("modelport: error:") and message in err and "\n" not in err
+
+
+def test_cli_unknown_command_and_missing_argument_exit_2(capsys):
+    from modelport.cli.app import main
+
+    assert main(["frobnicate"]) == 2
+    assert main(["convert", "x.onnx"]) == 2  # --to is required

@@ -19,6 +19,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a Keras CNN on scikit-learn's digits, convert it, verify it, measure it."""
         from modelport.demo import run_demo
+        from modelport.errors import BadInputError
+
+        if epochs < 1:
+            raise BadInputError(f"--epochs must be >= 1, got {epochs}")
 
         with progress(not as_json, "demo") as update:
             report = run_demo(out, epochs=epochs, progress=update)
