@@ -13,6 +13,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[all]'
+	# onnx2tf and tf-keras pin versions that conflict with ours (tf-keras needs `tensorflow`,
+	# we have tensorflow-cpu): installed without their declared deps; the real ones are in the tf extra.
+	$(PIP) --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

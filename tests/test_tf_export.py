@@ -1,0 +1,122 @@
+"""ONNX -> SavedModel / TFLite with onnx2tf, through the route planner, verified against the source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo
+
+pytest.importorskip("onnx2tf")
+
+from modelport.convert.pipeline import convert  # noqa: E402
+from modelport.convert.registry import ConvertOptions, plan  # noqa: E402
+from modelport.errors import ExportError  # noqa: E402
+from modelport.formats import detect, open_runner  # noqa: E402
+
+pytestmark = pytest.mark.slow  # every test here runs TensorFlow's converters (seconds each)
+
+
+def _max_rel(report) -> float:
+    return max(o.max_rel for run in report.parity.runs for o in run.outputs)
+
+
+def test_routes_go_through_onnx():
+    assert [e.name for e in plan("torch-module", "tflite")] == ["torch.onnx", "onnx2tf"] or \
+        [(e.src, e.dst) for e in plan("torch-module", "tflite")] == [("torch-module", "onnx"), ("onnx", "tflite")]
+    assert [(e.src, e.dst) for e in plan("torch-export", "savedmodel")] == [("torch-export", "onnx"), ("onnx", "savedmodel")]
+
+
+@pytest.mark.parametrize("to", ["tflite", "savedmodel"])
+def test_cnn_from_torch_module(tmp_path, cnn, to):
+    out = tmp_path / ("cnn.tflite" if to == "tflite" else "cnn_saved_model")
+    report = convert(cnn.spec, to, out, options=ConvertOptions(inputs=zoo.input_specs(cnn), weights=cnn.safetensors))
+    assert report.route[-1] == "onnx2tf" and len(report.route) == 2
+    assert report.parity.ok and _max_rel(report) <= 1e-4
+    assert detect(out) == to
+    # NCHW kept at the boundary: the converted model takes the PyTorch model's arrays as they are.
+    (x,) = report.artifact.signature.inputs
+    assert x.name == "x" and x.shape[1:] == (3, 32, 32)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp files left beside it
+
+
+def test_cnn_tflite_matches_torch_on_a_batch(tmp_path, cnn, cnn_onnx):
+    """The converted file run by hand: same arrays in, the eager PyTorch model's scores out."""
+    import torch
+
+    out = tmp_path / "cnn.tflite"
+    convert(cnn_onnx, "tflite", out)
+    x = np.random.default_rng(3).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = zoo.cnn_eval(cnn)(torch.from_numpy(x)).numpy()
+    with open_runner(out) as r:
+        got = r.run({"x": x})["output_0"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_float16_tflite(tmp_path, cnn_onnx):
+    out = tmp_path / "cnn_fp16.tflite"
+    with pytest.raises(Exception):  # fp16 weights are not within fp32 tolerance
+        convert(cnn_onnx, "tflite", out, options=ConvertOptions(extra=(("tflite_dtype", "float16"),)))
+    assert not out.exists()
+    report = convert(cnn_onnx, "tflite", out, options=ConvertOptions(extra=(("tflite_dtype", "float16"),)),
+                     rtol=1e-2, atol=1e-3)
+    assert report.parity.ok
+    with open_runner(out) as r:  # weights stored in half precision, dequantized at load
+        dtypes = {np.dtype(t["dtype"]).name for t in r.interp.get_tensor_details()}
+    assert "float16" in dtypes and r.signature.inputs[0].dtype == "float32"
+    assert "tflite float16" in report.artifact.lineage[-1].detail
+
+
+def test_pt2_to_tflite(tmp_path, cnn_pt2):
+    out = tmp_path / "cnn.tflite"
+    report = convert(cnn_pt2, "tflite", out)
+    assert report.route == ("torch.onnx", "onnx2tf") or len(report.route) == 2
+    assert report.parity.ok and _max_rel(report) <= 1e-4
+
+
+def test_unsupported_op_is_named_and_nothing_written(tmp_path):
+    import onnx
+
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[2, 3] x, int64[2, 3] like) => (int64[2, 3] y) {
+            y = CastLike(x, like)
+        }""")
+    src = tmp_path / "castlike.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "castlike.tflite"
+    with pytest.raises(ExportError, match="CastLike"):
+        convert(src, "tflite", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["castlike.onnx"]
+
+
+def test_no_calibration_download(tmp_path, monkeypatch):
+    """A static-batch 3-channel NHWC image model is the case where onnx2tf fetches calibration
+    images; with every proxy pointing at a closed port, any fetch would fail the conversion."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+         helper.make_node("Conv", ["xt", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceMean", ["c", "axes"], ["y"], keepdims=0)],
+        "nhwc", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16, 16, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [w, numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
+    src = tmp_path / "nhwc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), src)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    cwd = os.getcwd()
+    report = convert(src, "tflite", tmp_path / "nhwc.tflite")
+    assert report.parity.ok
+    assert os.getcwd() == cwd
+    assert not (Path(cwd) / "calibration_image_sample_data_20x128x128x3_float32.npy").exists()
