@@ -54,27 +54,69 @@ def _quiet() -> Iterator[None]:
         logging.getLogger().setLevel(level)
 
 
-def preprocess(src: str | Path, dst: str | Path, scratch: str | Path | None = None) -> list[str]:
-    """onnxruntime's quantization pre-processing (graph optimization, shape inference); notes.
+def _symbolic_shapes(model):
+    """onnxruntime's symbolic shape inference, or (None, reason) when it cannot complete.
 
-    Symbolic shape inference fails on some graphs; then ONNX shape inference alone is used.
-    When it fails, onnxruntime dumps ``sym_shape_infer_temp.onnx`` (+ external data) into the
-    working directory, so the call runs with ``scratch`` (a directory we remove) as cwd.
+    ``SymbolicShapeInference.infer_shapes`` saves ``sym_shape_infer_temp.onnx`` (+ a UUID
+    .data file) into the process's working directory when inference is incomplete, then
+    raises. We drive the same inference loop ourselves, so a failure is a value and nothing
+    is written anywhere; an onnxruntime without that loop means no symbolic shapes.
     """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+    except ImportError as exc:
+        return None, f"symbolic shape inference unavailable ({exc})"
+    opset = get_opset(model)
+    if not opset or opset < 7:
+        return None, "symbolic shape inference needs opset >= 7"
+    try:
+        inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
+        inference._preprocess(model)
+        complete = False
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+    except AttributeError as exc:  # the loop's internals moved: this onnxruntime is newer than we know
+        return None, f"symbolic shape inference not driven on this onnxruntime ({exc})"
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"{type(exc).__name__}: {text}"[:160]
+    if not complete:
+        return None, "Exception: Incomplete symbolic shape inference"
+    return inference.out_mp_, ""
+
+
+def preprocess(src: str | Path, dst: str | Path, scratch: str | Path) -> list[str]:
+    """onnxruntime's quantization pre-processing (shape inference, graph optimization); notes.
+
+    The steps of ``quant_pre_process``, in its order: symbolic shape inference (run here, see
+    ``_symbolic_shapes``; on a graph it cannot complete, ONNX shape inference alone is used),
+    then onnxruntime's basic graph optimization and ONNX shape inference
+    (``quant_pre_process(skip_symbolic_shape=True)``, which writes only to ``dst`` and its own
+    temporary directory). Every file goes to an explicit path: ``scratch`` (a directory the
+    caller removes) or ``dst``; the process's working directory is neither read nor changed.
+    """
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    with _quiet(), contextlib.chdir(scratch or dst.parent):
-        try:
-            quant_pre_process(str(src), str(dst))
-            return []
-        except Exception as exc:
-            first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    src, dst, scratch = Path(src), Path(dst), Path(scratch)
+    notes: list[str] = []
+    with _quiet():
+        inferred, reason = _symbolic_shapes(onnx.load(str(src)))
+        if inferred is not None:
+            staged = scratch / "symbolic_shapes.onnx"
+            large = inferred.ByteSize() > 1_800_000_000
+            onnx.save_model(inferred, str(staged), save_as_external_data=large,
+                            location=staged.name + ".data" if large else None)
+            del inferred
+            src = staged
+        else:
+            notes.append(f"quantization pre-processing without symbolic shape inference ({reason})")
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-            return [f"quantization pre-processing without symbolic shape inference ({first[:160]})"]
         except Exception as exc:
             raise UnsupportedError(f"onnxruntime's quantization pre-processing failed: {type(exc).__name__}: {exc}"[:400]) from None
+    return notes
 
 
 def name_nodes(model) -> int:
