@@ -4,6 +4,7 @@ from modelport.onnx2torch.ops import (  # noqa: F401
     control_flow,
     conv,
     elementwise,
+    legacy,
     loss,
     nn,
     quant,
