@@ -338,6 +338,25 @@ def test_structured_prune_then_distill_recovers_the_teachers_accuracy(digits_cnn
     data = load_eval_data(load_npz(digits_cnn["eval"]), _signature(digits_cnn["model"]).inputs)
     teacher, student = top1(digits_cnn["model"], data), top1(str(out), data)
     assert student >= teacher - 0.02, (teacher, student)  # on the test split, unseen by both
+    # ... and as a torch directory, compiled from that ONNX file, with the pruned widths
+    _assert_torch_student(report, out, tmp_path / "student_torch", data.feeds["x"][:64])
+    from safetensors.numpy import load_file
+
+    convs = sorted(w.shape for w in load_file(str(tmp_path / "student_torch" / "weights.safetensors")).values() if w.ndim == 4)
+    assert convs == [(4, 1, 3, 3), (8, 4, 3, 3)]
+
+
+def _assert_torch_student(report, onnx_out: Path, torch_out: Path, x: np.ndarray) -> None:
+    """The torch directory is where the report says, loads as format 'torch' and computes the ONNX file's outputs."""
+    from modelport.formats import detect, open_runner
+
+    assert report.torch_out == str(torch_out) and detect(str(torch_out)) == "torch"
+    assert report.torch_parity is not None and report.torch_parity
+    with open_runner(str(onnx_out)) as a, open_runner(str(torch_out)) as b:
+        assert a.signature.output_names == b.signature.output_names
+        ya, yb = a.run({"x": x}), b.run({"x": x})
+    name = a.signature.output_names[0]
+    np.testing.assert_allclose(yb[name], ya[name], rtol=1e-4, atol=1e-4)
 
 
 def _signature(path: str):
@@ -360,6 +379,73 @@ def test_distill_rejects_a_student_whose_outputs_do_not_match(digits_cnn, tmp_pa
         distill(digits_cnn["model"], f"{tmp_path / 'student.py'}:Five", out, data=digits_cnn["train"], epochs=1, bench_runs=0)
     assert info.value.exit_code == 2
     assert not out.parent.exists() or _only_input_left(out.parent) == []
+
+
+_STUDENT_PY = """import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+"""
+
+
+@pytest.mark.slow
+def test_distill_students_from_a_module_file_and_a_torch_directory(digits_cnn, tmp_path):
+    from modelport import onnx2torch
+    from modelport.distill import distill
+    from modelport.verify.inputs import load_npz
+
+    x = load_npz(digits_cnn["eval"])["x"][:32]
+    (tmp_path / "small.py").write_text(_STUDENT_PY)
+    out = tmp_path / "small.onnx"
+    report = distill(digits_cnn["model"], f"{tmp_path / 'small.py'}:Small", out, data=digits_cnn["train"], epochs=3,
+                     lr=2e-2, bench_runs=0, threads=1)
+    assert report.after.params < 0.1 * report.before.params
+    assert report.after.metric > 0.5 and report.best_epoch >= 1  # three epochs teach a small CNN something
+    _assert_torch_student(report, out, tmp_path / "small_torch", x)
+    # a modelport torch directory as the student (here: the teacher compiled), written to a chosen directory
+    student_dir = tmp_path / "teacher_torch"
+    student_dir.mkdir()
+    onnx2torch.convert(digits_cnn["model"], student_dir)
+    before = (student_dir / "weights.safetensors").read_bytes()
+    out2, chosen = tmp_path / "self.onnx", tmp_path / "chosen" / "self_dir"
+    report2 = distill(digits_cnn["model"], student_dir, out2, torch_out=chosen, data=digits_cnn["train"], epochs=1,
+                      bench_runs=0, threads=1)
+    _assert_torch_student(report2, out2, chosen, x)
+    assert (student_dir / "weights.safetensors").read_bytes() == before  # the student's own files are untouched
+    assert report2.after.params == report2.before.params
+    assert _only_input_left(chosen.parent, "self_dir") == []
+
+
+def test_distill_torch_output_bad_paths_are_clear_errors(digits_cnn, tmp_path):
+    from modelport.distill import distill
+
+    (tmp_path / "small.py").write_text(_STUDENT_PY)
+    student = f"{tmp_path / 'small.py'}:Small"
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    cases = {
+        "same path": (tmp_path / "s.onnx", tmp_path / "s.onnx", "same path"),
+        "a file": (tmp_path / "s.onnx", tmp_path / "notes.txt", "replace a file"),
+        "a foreign directory": (tmp_path / "s.onnx", tmp_path / "photos", "not a modelport torch directory"),
+        "the teacher": (digits_cnn["model"], None, "overwrite the teacher"),
+    }
+    for what, (out, torch_out, message) in cases.items():
+        with pytest.raises(BadInputError, match=message) as info:
+            distill(digits_cnn["model"], student, out, torch_out=torch_out, data=digits_cnn["train"], epochs=1,
+                    bench_runs=0)
+        assert info.value.exit_code == 2, what
+    assert _only_input_left(tmp_path, "small.py", "notes.txt", "photos") == []
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "photos" / "a.jpg").exists()
 
 
 # --------------------------------------------------------------------------- accuracy control
@@ -491,8 +577,15 @@ def test_cli_distill_prints_epochs_and_the_table(digits_cnn, structured_cnn, tmp
     out = tmp_path / "student.onnx"
     rc, text = _run_cli(capsys, "distill", "--teacher", digits_cnn["model"], "--student", structured_cnn[0], "-o", out,
                         "--data", digits_cnn["train"], "--epochs", "2", "--threads", "1", "--runs", "2")
-    assert rc == 0 and out.is_file()
-    assert "epochs" in text and "best epoch" in text and "MACs" in text
+    assert rc == 0 and out.is_file() and (tmp_path / "student_torch" / "model.py").is_file()
+    assert "epochs" in text and "best epoch" in text and "MACs" in text and "torch directory" in text
+    rc, _ = _run_cli(capsys, "distill", "--teacher", digits_cnn["model"], "--student", structured_cnn[0], "-o",
+                     tmp_path / "onnx_only.onnx", "--data", digits_cnn["train"], "--epochs", "1", "--threads", "1",
+                     "--runs", "0", "--onnx-only")
+    assert rc == 0 and (tmp_path / "onnx_only.onnx").is_file() and not (tmp_path / "onnx_only_torch").exists()
+    rc, _ = _run_cli(capsys, "distill", "--teacher", digits_cnn["model"], "--student", structured_cnn[0], "-o",
+                     tmp_path / "both.onnx", "--data", digits_cnn["train"], "--onnx-only", "--torch-out", tmp_path / "t")
+    assert rc == 2 and not (tmp_path / "both.onnx").exists()
     rc, _ = _run_cli(capsys, "distill", "--teacher", digits_cnn["model"], "--student", structured_cnn[0],
                      "-o", tmp_path / "bad.onnx", "--data", digits_cnn["eval"], "--epochs", "0")
     assert rc == 2 and not (tmp_path / "bad.onnx").exists()

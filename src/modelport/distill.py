@@ -7,8 +7,10 @@ student trains on
 
 (the cross-entropy term only when the data has ``labels``; without labels, alpha is 1).
 A held-out share of the data scores every epoch (top-1 against labels, else agreement with
-the teacher's top-1); the best epoch's weights are kept and exported as ONNX, written
-atomically.
+the teacher's top-1); the best epoch's weights are kept and exported as ONNX. The ONNX
+file is then compiled by modelport.onnx2torch into a torch directory (model.py +
+weights.safetensors + modelport_torch.json, the ``torch`` format), which must match the
+ONNX file's outputs; both are staged beside their destinations and renamed into place.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.errors import BadInputError, UnsupportedError
+from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
 from modelport.passes.compress_report import ModelStats
 
-__all__ = ["DistillReport", "EpochRecord", "distill", "load_student"]
+__all__ = ["DistillReport", "EpochRecord", "default_torch_output", "distill", "load_student"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,8 @@ class DistillReport:
     alpha: float
     seconds: float
     notes: tuple[str, ...] = ()
+    torch_out: str | None = None  # the student as a modelport torch directory (None: not written)
+    torch_parity: object | None = None  # the torch directory against the ONNX file
 
     def __bool__(self) -> bool:
         return True
@@ -62,6 +66,26 @@ class DistillReport:
     @property
     def drop(self) -> float:
         return self.teacher_metric - self.after.metric
+
+
+def default_torch_output(out: str | Path) -> Path:
+    """``student.onnx`` -> ``student_torch/`` beside it (the name ``modelport convert --to torch`` picks)."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}_torch")
+
+
+def _torch_destination(out: Path, torch_out: str | Path | bool | None) -> Path | None:
+    from modelport.formats import torch_dir
+
+    if torch_out is False:
+        return None
+    dest = default_torch_output(out) if torch_out in (None, True) else Path(torch_out)
+    if dest.resolve() == out.resolve():
+        raise BadInputError("the torch directory and the ONNX output are the same path", path=dest)
+    if dest.exists() and not (dest.is_dir() and torch_dir.detect(dest)):
+        what = "a file" if not dest.is_dir() else "a directory that is not a modelport torch directory"
+        raise BadInputError(f"the torch directory would replace {what}; choose another path", path=dest)
+    return dest
 
 
 def load_student(student: str | Path, weights: str | None = None, work: Path | None = None):
@@ -133,6 +157,7 @@ def distill(
     *,
     data: str | Path | dict[str, np.ndarray],
     student_weights: str | None = None,
+    torch_out: str | Path | bool | None = None,
     epochs: int = 10,
     temperature: float = 4.0,
     alpha: float = 0.7,
@@ -151,6 +176,9 @@ def distill(
         student: ``file.py:Name``, a modelport torch directory, or an ONNX model (e.g. a
             structurally pruned teacher), compiled to PyTorch.
         out: the ONNX file to write.
+        torch_out: where to write the student as a modelport torch directory (default
+            ``<out stem>_torch`` beside ``out``; False: ONNX only). An existing modelport
+            torch directory there is replaced.
         data: .npz or dict: the teacher's inputs, plus optional integer ``labels``.
         epochs, temperature, alpha, lr, batch_size: training; alpha weighs the KL term.
         val_fraction: share of the data held out to pick the best epoch.
@@ -158,6 +186,9 @@ def distill(
 
     Raises:
         BadInputError: bad data, or a student whose outputs do not match the teacher's.
+        UnsupportedError: the exported student cannot be compiled to a torch directory.
+        CheckFailedError: the torch directory does not compute what the ONNX file does.
+        Nothing is written when any of these is raised.
     """
     import torch
 
@@ -168,20 +199,23 @@ def distill(
     t0 = time.perf_counter()
     if epochs < 1 or not 0.0 < val_fraction < 1.0 or temperature <= 0 or not 0.0 <= alpha <= 1.0:
         raise BadInputError("epochs >= 1, 0 < val_fraction < 1, temperature > 0 and 0 <= alpha <= 1 are required")
+    dest = Path(out)
+    if dest.resolve() in (Path(str(teacher)).resolve(), Path(str(student)).resolve()):
+        raise BadInputError("the output would overwrite the teacher or the student", path=dest)
+    torch_dest = _torch_destination(dest, torch_out)
     arrays = load_npz(data) if not isinstance(data, dict) else dict(data)
     labels = arrays.get("labels")
-    logits, names, _sig = _teacher_outputs(str(teacher), arrays, say)
+    logits, names, teacher_sig = _teacher_outputs(str(teacher), arrays, say)
     n = logits.shape[0]
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != n):
         raise BadInputError(f"{labels.shape} labels for {n} samples", path=str(data) if not isinstance(data, dict) else None)
     if logits.ndim != 2:
         raise UnsupportedError(f"distillation needs (batch, classes) teacher outputs, got shape {logits.shape}")
     x = [np.asarray(arrays[k]) for k in names]
-    dest = Path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    restore = torch.get_num_threads()
     try:
-        restore = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
         net = load_student(student, student_weights, work)
@@ -229,19 +263,31 @@ def distill(
             say(f"epoch {epoch}/{epochs}: loss {total / max(1, len(train)):.4f}, held-out {metric_name} {100 * metric:.2f}%")
             if metric > best[0]:
                 best = (metric, epoch, copy.deepcopy(net.state_dict()))
-        torch.set_num_threads(restore)
         net.load_state_dict(best[2])
         net.eval()
         onnx_path = work / "student.onnx"
-        _export(net, xt, names, onnx_path)
+        _export(net, xt, names, onnx_path, teacher_sig.output_names[:1])
+        torch_stage, torch_parity = None, None
+        if torch_dest is not None:
+            say("compiling the student to a torch directory")
+            torch_stage, torch_parity = _torch_dir(onnx_path, work, {k: a[val[:16]] for k, a in zip(names, x)})
         say("latency")
         p50 = _latency([Path(str(teacher)), onnx_path], (1, 8), bench_runs, say)
         before = _stats_any(str(teacher), p50[0], teacher_metric)
         after = _stats(onnx_path, str(dest), p50[1], best[0])
         os.replace(onnx_path, dest)
+        if torch_stage is not None:
+            from modelport.convert.pipeline import place
+
+            torch_dest.parent.mkdir(parents=True, exist_ok=True)
+            staged = torch_dest.with_name(f".{torch_dest.name}.{os.getpid()}.tmp")
+            shutil.move(str(torch_stage), str(staged))  # same filesystem as the destination, then one rename
+            place(staged, torch_dest)
         return DistillReport(str(teacher), str(student), str(dest), metric_name, teacher_metric, start_metric,
-                             best[1], tuple(history), before, after, T, alpha, time.perf_counter() - t0)
+                             best[1], tuple(history), before, after, T, alpha, time.perf_counter() - t0,
+                             torch_out=str(torch_dest) if torch_dest is not None else None, torch_parity=torch_parity)
     finally:
+        torch.set_num_threads(restore)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -249,7 +295,26 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _export(net, xt, names: list[str], path: Path) -> None:
+def _torch_dir(onnx_path: Path, work: Path, feeds: dict[str, np.ndarray]):
+    """Compile the exported student with modelport.onnx2torch; (directory, parity against the ONNX file)."""
+    from modelport import onnx2torch
+    from modelport.verify import verify
+
+    target = work / "student_torch"
+    target.mkdir()
+    try:
+        onnx2torch.convert(str(onnx_path), target)
+    except onnx2torch.UnsupportedOpsError as exc:
+        raise UnsupportedError(f"cannot write the student as a torch directory: {exc} "
+                               "(pass torch_out=False / --onnx-only for ONNX alone)"[:400]) from None
+    parity = verify(str(onnx_path), str(target), a_format="onnx", b_format="torch", inputs=feeds)
+    if not parity:
+        raise CheckFailedError(f"the student's torch directory does not match its ONNX file: {parity.summary()}; "
+                               "nothing written")
+    return target, parity
+
+
+def _export(net, xt, names: list[str], path: Path, output_names: list[str] | None = None) -> None:
     import contextlib
     import io
 
@@ -259,8 +324,11 @@ def _export(net, xt, names: list[str], path: Path) -> None:
         p.requires_grad_(False)
     batch = torch.export.Dim("batch")
     example = tuple(a[:2] for a in xt)
+    with torch.no_grad():
+        single = not isinstance(net(*example), (tuple, list))
+    output_names = output_names if single else None  # the teacher's name for the one output distilled
     with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(net, example, dynamo=True, input_names=names,
+        program = torch.onnx.export(net, example, dynamo=True, input_names=names, output_names=output_names or None,
                                     dynamic_shapes=tuple({0: batch} for _ in names), verbose=False)
     program.save(str(path))
 

@@ -1,4 +1,4 @@
-"""`modelport distill`: train a PyTorch student on a teacher's softened outputs, write it as ONNX."""
+"""`modelport distill`: train a PyTorch student on a teacher's softened outputs, write it as ONNX and a torch directory."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def register(app: typer.Typer) -> None:
         student: Annotated[str, typer.Option("--student", help="Student: file.py:Name, a modelport torch directory, or ONNX (e.g. a structurally pruned teacher).")],
         out: Annotated[str, typer.Option("-o", "--out", help="Where to write the student (ONNX).")],
         data: Annotated[str, typer.Option("--data", help="Training data (.npz): the teacher's inputs, plus optional integer `labels`.")],
+        torch_out: Annotated[Optional[str], typer.Option("--torch-out", help="Where to write the student as a modelport torch directory (default: OUT's stem + _torch beside it).")] = None,
+        onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Write the ONNX file only, no torch directory.")] = False,
         weights: Annotated[Optional[str], typer.Option("--weights", help="Initial weights for a student module file.")] = None,
         epochs: Annotated[int, typer.Option("--epochs")] = 10,
         temperature: Annotated[float, typer.Option("--temperature", help="Softening temperature T.")] = 4.0,
@@ -28,10 +30,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Distill a teacher into a smaller PyTorch student; report teacher vs student."""
         from modelport.distill import distill as run_distill
+        from modelport.errors import BadInputError
         from modelport.passes.compress_report import comparison_rows
 
+        if onnx_only and torch_out is not None:
+            raise BadInputError("--torch-out and --onnx-only exclude each other")
+
         with progress(not as_json, "distilling") as update:
-            report = run_distill(teacher, student, out, data=data, student_weights=weights, epochs=epochs,
+            report = run_distill(teacher, student, out, data=data, student_weights=weights,
+                                 torch_out=False if onnx_only else torch_out, epochs=epochs,
                                  temperature=temperature, alpha=alpha, lr=lr, bench_runs=runs, threads=threads, progress=update)
         if as_json:
             emit_json(report)
@@ -49,4 +56,7 @@ def register(app: typer.Typer) -> None:
         for row in comparison_rows(report):
             table.add_row(*row)
         console.print(table)
-        console.print(f"best epoch {report.best_epoch} (* above); wrote {report.out} in {report.seconds:.1f} s")
+        if report.torch_out:
+            console.print(f"torch directory {report.torch_out}: {report.torch_parity.summary()}")
+        wrote = report.out + (f" and {report.torch_out}" if report.torch_out else "")
+        console.print(f"best epoch {report.best_epoch} (* above); wrote {wrote} in {report.seconds:.1f} s")
