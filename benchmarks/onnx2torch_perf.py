@@ -294,9 +294,9 @@ def resnet50(work: Path) -> str:
     t = time.perf_counter()
     report = api.convert(work / "resnet50.keras", "torch", work / "resnet50_torch")
     seconds = time.perf_counter() - t
-    sizes = [tuple(next(iter(r.inputs.values())).shape) if hasattr(r, "inputs") else "?" for r in report.parity.runs]
-    return (f"Keras ResNet50 -> ONNX -> torch: {' -> '.join(report.route)}; {seconds:.1f} s with verification; "
-            f"{report.parity.summary()} {sizes if '?' not in sizes else ''}".rstrip())
+    shapes = ", ".join("x".join(map(str, next(iter(r.input_shapes.values())))) for r in report.parity.runs)
+    return (f"Keras ResNet50 (weights=None, 32x32x3) -> ONNX -> torch ({' -> '.join(report.route)}): "
+            f"{seconds:.1f} s with verification; {report.parity.summary()} (inputs {shapes})")
 
 
 def main(argv: list[str] | None = None) -> int:
