@@ -473,10 +473,50 @@ def test_accuracy_control_keeps_the_outlier_layer_in_float(outlier_mlp, tmp_path
     assert any("2.weight" in q for q in quantized)  # fc2's was quantized
 
 
+def test_pruning_accuracy_control_prunes_the_harmful_layers_less(digits_cnn, tmp_path):
+    plain = compress(digits_cnn["model"], tmp_path / "plain.onnx", prune=0.7, eval_data=digits_cnn["eval"], bench_runs=0)
+    assert plain.drop > 0.01, "70% of every layer should cost more than a point on this CNN"
+    out = tmp_path / "controlled.onnx"
+    report = compress(digits_cnn["model"], out, prune=0.7, eval_data=digits_cnn["eval"], max_drop=0.01, bench_runs=0)
+    assert report and report.drop <= 0.01 and out.is_file()
+    reduced = dict(report.reduced_fractions)
+    assert reduced and all(f < 0.7 for f in reduced.values())
+    assert any(0 < f < 0.7 for f in reduced.values()), reduced  # pruned less, not just left dense
+    assert set(report.kept_float) == {n for n, f in reduced.items() if f == 0.0}
+    assert len(reduced) < len(report.layers)  # the rest keep the full fraction
+    weights = _initializers(str(out))
+    for layer in report.layers:
+        asked = reduced.get(layer.node, 0.7)
+        assert layer.fraction == asked
+        w = weights[layer.weight]
+        assert layer.sparsity_after == np.count_nonzero(w == 0) / w.size == pytest.approx(asked, abs=1 / w.size)
+    less = [s for s in report.steps if "less than 0.7" in s]
+    assert less and all(f"{n} at {f:g}" in less[0] for n, f in reduced.items() if f > 0)
+    assert report.after.sparsity > 0.5  # most of the model is still pruned
+    with pytest.raises(BadInputError, match=r"\[0, 1\)"):
+        import onnx
+
+        from modelport.passes.prune import magnitude_prune
+
+        magnitude_prune(onnx.load(digits_cnn["model"]), 0.5, fractions={report.layers[0].node: 1.5})
+
+
 def test_unmeetable_budget_fails_and_writes_nothing(digits_cnn, tmp_path):
+    """No drop at all allowed, judged on 2000 noise images labelled with the model's own answers.
+
+    Noise images put many samples next to a decision boundary: any weight zeroed moves some
+    of them across, so even the least pruning tried (a quarter of the fraction in one layer)
+    changes an answer.
+    """
+    from modelport.formats import open_runner
+
+    x = np.random.default_rng(0).normal(size=(2000, 1, 8, 8)).astype(np.float32)
+    with open_runner(digits_cnn["model"]) as runner:
+        labels = next(iter(runner.run({"x": x}).values())).argmax(-1)
+    eval_data = {"x": x, "labels": labels}
     out = tmp_path / "cnn.pruned.onnx"
     with pytest.raises(CheckFailedError, match="cannot be met") as info:
-        compress(digits_cnn["model"], out, prune=0.95, eval_data=digits_cnn["eval"], max_drop=0.0, bench_runs=0)
+        compress(digits_cnn["model"], out, prune=0.95, eval_data=eval_data, max_drop=0.0, bench_runs=0)
     assert info.value.exit_code == 1
     assert _only_input_left(tmp_path) == []
 

@@ -137,14 +137,16 @@ class _Work:
         self.layers: tuple[prune_pass.LayerSparsity, ...] = ()
         self.notes: list[str] = []
 
-    def apply(self, exclude: frozenset[str]) -> Path:
+    def apply(self, exclude: frozenset[str], fractions: dict[str, float] | None = None) -> Path:
+        """Compress with ``exclude`` left alone and ``fractions`` (node -> prune fraction) overriding the plan's."""
         import onnx
 
         self.count += 1
         src = self.base
         if self.plan.prune and not self.plan.structured:
             model = onnx.load(str(src))
-            self.layers = prune_pass.magnitude_prune(model, self.plan.prune, scope=self.plan.prune_scope, exclude=exclude)
+            self.layers = prune_pass.magnitude_prune(model, self.plan.prune, scope=self.plan.prune_scope, exclude=exclude,
+                                                     fractions=fractions)
             src = self.work / f"trial{self.count}.pruned.onnx"
             onnx.save(model, str(src))
         dst = self.work / f"trial{self.count}.onnx"
@@ -241,8 +243,9 @@ def compress(
         structured: remove whole channels/neurons (through PyTorch and Torch-Pruning) instead of
             zeroing single weights; ``prune`` is then the share of channels removed per layer.
         eval_data: .npz or dict with the inputs plus integer ``labels``: top-1 before/after.
-        max_drop: largest acceptable top-1 drop (0.01 = one point); layers that hurt most
-            are left uncompressed until it holds.
+        max_drop: largest acceptable top-1 drop (0.01 = one point); the layers that hurt most
+            are left uncompressed (quantization) or pruned less, their fraction halved step by
+            step down to dense (pruning), until it holds.
         bench_batches, bench_runs: latency measurement (runs 0: skipped).
         progress: called with a line per phase.
 
@@ -307,6 +310,7 @@ def compress(
         metric = accuracy_control.top1(result_path, data) if data is not None else None
         kept: tuple[str, ...] = ()
         ranking: tuple = ()
+        reduced: tuple[tuple[str, float], ...] = ()
         trials = 1
         if data is not None and max_drop is not None and baseline - metric > max_drop and structured and not quantize:
             raise CheckFailedError(
@@ -320,11 +324,15 @@ def compress(
                 names = {n for n, _ in prune_pass.prunable_weights(prepared).values()}
                 candidates = [n.name for n in prepared.graph.node if n.name in names]
             say(f"top-1 drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}: ranking {len(candidates)} layers")
-            res = accuracy_control.control(
-                runner.apply, candidates, lambda p: accuracy_control.top1(p, data), baseline, max_drop,
-                first=(result_path, metric), say=say,
-            )
+            evaluate = lambda p: accuracy_control.top1(p, data)  # noqa: E731
+            if quantize:
+                res = accuracy_control.control(runner.apply, candidates, evaluate, baseline, max_drop,
+                                               first=(result_path, metric), say=say)
+            else:  # pruning alone: prune the harmful layers less before leaving them dense
+                res = accuracy_control.relax(lambda fr: runner.apply(frozenset(), fr), candidates, evaluate, baseline,
+                                             max_drop, plan.prune, first=(result_path, metric), say=say)
             result_path, metric, kept, ranking, trials = Path(res.path), res.metric, res.kept, res.ranking, res.trials
+            reduced = res.fractions
             if baseline - metric > max_drop:
                 raise CheckFailedError(
                     f"accuracy budget cannot be met: top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}% "
@@ -336,6 +344,10 @@ def compress(
                     f"with only the most harmful layer ({ranking[0].node}) left uncompressed, and the budget of "
                     f"{100 * max_drop:g} pts holds only with all {len(candidates)} layers left uncompressed "
                     "(nothing compressed); nothing written", path=src)
+            if not quantize and all(layer.sparsity_after <= layer.sparsity_before for layer in runner.layers):
+                raise CheckFailedError(
+                    f"accuracy budget cannot be met: the budget of {100 * max_drop:g} pts holds only with fractions "
+                    f"({', '.join(f'{n} {f:g}' for n, f in reduced)}) that prune no weight; nothing written", path=src)
         parity = None
         if quantize == "fp16" or (quantize is None):
             say("parity")
@@ -347,6 +359,10 @@ def compress(
         before = _stats(src, str(src), p50[0], baseline)
         after = _stats(result_path, str(dest), p50[1], metric)
         steps = plan.steps()
+        less = [(n, f) for n, f in reduced if f > 0]
+        if less:
+            steps += (f"accuracy control: pruned {len(less)} layer(s) less than {plan.prune:g}: "
+                      + ", ".join(f"{n} at {f:g}" for n, f in less),)
         if kept:
             steps += (f"accuracy control: kept {len(kept)} layer(s) uncompressed: {', '.join(kept)}",)
         detail = "; ".join(steps)
@@ -361,6 +377,7 @@ def compress(
         return CompressReport(
             str(src), str(dest), artifact, steps, before, after, "top-1" if data is not None else None, max_drop,
             kept, ranking, runner.layers, structured_layers, trials, parity, quantize == "fp16", True, time.perf_counter() - t0, _versions(), tuple(notes),
+            reduced_fractions=reduced,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

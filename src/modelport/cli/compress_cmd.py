@@ -23,10 +23,14 @@ def _options_table(report) -> Table:
 
 def _layers_table(report) -> Table:
     table = Table(title="pruned layers")
-    for col in ("node", "op", "weight", "params", "sparsity"):
+    reduced = dict(report.reduced_fractions)
+    for col in ("node", "op", "weight", "params", "fraction", "sparsity"):
         table.add_column(col)
     for layer in report.layers:
-        table.add_row(layer.node, layer.op, layer.weight, f"{layer.params:,}", f"{100 * layer.sparsity_after:.1f}%")
+        fraction = "global" if layer.fraction is None else f"{layer.fraction:g}"
+        if layer.node in reduced:
+            fraction += " (accuracy control)"
+        table.add_row(layer.node, layer.op, layer.weight, f"{layer.params:,}", fraction, f"{100 * layer.sparsity_after:.1f}%")
     return table
 
 

@@ -7,6 +7,14 @@
    The layers whose exclusion recovers most come first (ties: graph order).
 3. Leave the top 1, 2, 3, … layers alone until drop <= max_drop. If the budget needs every
    layer left alone, it cannot be met: the caller reports that and writes nothing.
+
+Pruning can do better than all-or-nothing (``relax``): a harmful layer is first pruned
+less, its fraction halved step by step, before it is left dense:
+
+    f_l in  f, f/2, f/4, 0     for the most harmful layer, then the next, …
+
+(a layer is dense before the next most harmful one is relieved), so the layers that hurt
+least keep the full fraction.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import numpy as np
 
 from modelport.errors import BadInputError
 
-__all__ = ["EvalData", "LayerSensitivity", "ControlResult", "load_eval_data", "top1", "control"]
+__all__ = ["EvalData", "LayerSensitivity", "ControlResult", "RELAX_STEPS", "load_eval_data", "top1", "control", "relax"]
+
+RELAX_STEPS = (0.5, 0.25, 0.0)  # a harmful layer's prune fraction: halved, quartered, then none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +56,7 @@ class ControlResult:
     kept: tuple[str, ...]
     ranking: tuple[LayerSensitivity, ...]
     trials: int
+    fractions: tuple[tuple[str, float], ...] = ()  # relax: the layers pruned less, and their fraction
 
 
 def load_eval_data(data: str | Path | dict[str, np.ndarray], specs, *, key: str = "labels") -> EvalData:
@@ -130,15 +141,8 @@ def control(
     trials = 1
     if baseline - metric <= max_drop or not candidates:
         return ControlResult(str(path), metric, (), (), trials)
-    ranking = []
-    for i, node in enumerate(candidates):
-        say(f"sensitivity {i + 1}/{len(candidates)}: {node}")
-        trial = apply(frozenset({node}))
-        ranking.append(LayerSensitivity(node, evaluate(trial)))
-        Path(trial).unlink(missing_ok=True)
-        trials += 1
-    order = sorted(range(len(ranking)), key=lambda i: (-ranking[i].metric, i))
-    ranked = tuple(ranking[i] for i in order)
+    ranked = _rank(apply, candidates, evaluate, say)
+    trials += len(ranked)
     for k in range(1, len(ranked) + 1):
         kept = tuple(r.node for r in ranked[:k])
         say(f"keeping {k} layer(s) uncompressed: {', '.join(kept)}")
@@ -148,3 +152,62 @@ def control(
         if baseline - metric <= max_drop:
             return ControlResult(str(path), metric, kept, ranked, trials)
     return ControlResult(str(path), metric, tuple(r.node for r in ranked), ranked, trials)
+
+
+def _rank(apply, candidates: Sequence[str], evaluate, say) -> tuple[LayerSensitivity, ...]:
+    """Each candidate's metric with only it left uncompressed, most harmful (highest) first."""
+    ranking = []
+    for i, node in enumerate(candidates):
+        say(f"sensitivity {i + 1}/{len(candidates)}: {node}")
+        trial = apply(frozenset({node}))
+        ranking.append(LayerSensitivity(node, evaluate(trial)))
+        Path(trial).unlink(missing_ok=True)
+    order = sorted(range(len(ranking)), key=lambda i: (-ranking[i].metric, i))
+    return tuple(ranking[i] for i in order)
+
+
+def relax(
+    apply: Callable[[dict[str, float]], Path],
+    candidates: Sequence[str],
+    evaluate: Callable[[Path], float],
+    baseline: float,
+    max_drop: float,
+    fraction: float,
+    *,
+    first: tuple[Path, float] | None = None,
+    steps: Sequence[float] = RELAX_STEPS,
+    say: Callable[[str], None] = lambda _m: None,
+) -> ControlResult:
+    """Prune the most harmful layers less, step by step, until ``baseline - metric <= max_drop``.
+
+    Args:
+        apply: prunes with the given node -> fraction overrides (0: dense); returns the model written.
+        candidates: the pruned layers' node names, in graph order.
+        fraction: the fraction every layer is pruned at before relief.
+        steps: the reduced fractions tried per layer, as shares of ``fraction``, largest first.
+
+    Returns the first result within budget; ``fractions`` lists the layers pruned less with
+    their fraction and ``kept`` those left dense (fraction 0). If every layer dense still
+    misses, ``kept`` holds every candidate: the caller decides.
+    """
+    path, metric = first if first else (apply({}), None)
+    if metric is None:
+        metric = evaluate(path)
+    trials = 1
+    if baseline - metric <= max_drop or not candidates:
+        return ControlResult(str(path), metric, (), (), trials)
+    ranked = _rank(lambda kept: apply(dict.fromkeys(kept, 0.0)), candidates, evaluate, say)
+    trials += len(ranked)
+    reduced: dict[str, float] = {}
+    for r in ranked:
+        for share in steps:
+            reduced[r.node] = fraction * share
+            say(f"pruning {r.node} at {reduced[r.node]:g} instead of {fraction:g}")
+            Path(path).unlink(missing_ok=True)
+            path = apply(dict(reduced))
+            metric = evaluate(path)
+            trials += 1
+            if baseline - metric <= max_drop:
+                return ControlResult(str(path), metric, tuple(n for n, f in reduced.items() if f == 0.0), ranked,
+                                     trials, tuple(reduced.items()))
+    return ControlResult(str(path), metric, tuple(r.node for r in ranked), ranked, trials, tuple(reduced.items()))

@@ -8,14 +8,16 @@ falls below a threshold become exactly zero in the initializer itself (no mask i
     w' = 0 where |w| is among the k smallest, else w
 
 Exactly k values are zeroed per layer (per model, for global), ties broken by position, so
-the sparsity asked for is the sparsity delivered. Biases and normalization parameters are
+the sparsity asked for is the sparsity delivered. A layer may be given its own fraction
+(accuracy control prunes the layers that hurt most less); with the global scope, the
+shared threshold is then taken over the other layers only. Biases and normalization parameters are
 left alone: they are few and pruning them hurts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -37,6 +39,7 @@ class LayerSparsity:
     params: int
     sparsity_before: float
     sparsity_after: float
+    fraction: float | None = None  # the share asked for this layer (None: the global threshold's)
 
 
 def prunable_weights(model) -> dict[str, tuple[str, str]]:
@@ -66,7 +69,8 @@ def _zero_smallest(flat_abs: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-def magnitude_prune(model, fraction: float, *, scope: str = "layer", exclude: Iterable[str] = ()) -> tuple[LayerSparsity, ...]:
+def magnitude_prune(model, fraction: float, *, scope: str = "layer", exclude: Iterable[str] = (),
+                    fractions: Mapping[str, float] | None = None) -> tuple[LayerSparsity, ...]:
     """Zero the smallest ``fraction`` of weights in place; per-layer sparsity of what was pruned.
 
     Args:
@@ -74,9 +78,10 @@ def magnitude_prune(model, fraction: float, *, scope: str = "layer", exclude: It
         fraction: share of each layer's (or, with scope "global", all layers') weights to zero.
         scope: "layer" (one threshold per layer) or "global" (one threshold for all).
         exclude: node names whose weights stay dense.
+        fractions: node name -> the fraction for that node's weight instead (in [0, 1); 0: dense).
 
     Raises:
-        BadInputError: fraction outside (0, 1), unknown scope, or nothing to prune.
+        BadInputError: a fraction outside its range, unknown scope, or nothing to prune.
     """
     from onnx import numpy_helper
 
@@ -84,7 +89,11 @@ def magnitude_prune(model, fraction: float, *, scope: str = "layer", exclude: It
         raise BadInputError(f"prune fraction must be in (0, 1), got {fraction}")
     if scope not in SCOPES:
         raise BadInputError(f"unknown prune scope {scope!r}; known: {', '.join(SCOPES)}")
-    skip = set(exclude)
+    own = dict(fractions or {})
+    bad = {k: f for k, f in own.items() if not 0.0 <= f < 1.0}
+    if bad:
+        raise BadInputError(f"per-layer prune fractions must be in [0, 1), got {bad}")
+    skip = set(exclude) | {k for k, f in own.items() if f == 0.0}
     weights = {k: v for k, v in prunable_weights(model).items() if v[0] not in skip}
     if not weights and not prunable_weights(model):
         raise BadInputError(
@@ -93,23 +102,26 @@ def magnitude_prune(model, fraction: float, *, scope: str = "layer", exclude: It
         )
     inits = {t.name: t for t in model.graph.initializer}
     arrays = {name: numpy_helper.to_array(inits[name]) for name in weights}
-    if scope == "global" and arrays:
-        flat = np.concatenate([np.abs(a).ravel().astype(np.float64) for a in arrays.values()])
+    asked = {name: own.get(weights[name][0], None if scope == "global" else fraction) for name in arrays}
+    shared = [name for name in arrays if asked[name] is None]
+    masks = {name: _zero_smallest(np.abs(a).ravel(), int(asked[name] * a.size)).reshape(a.shape)
+             for name, a in arrays.items() if asked[name] is not None}
+    if shared:
+        flat = np.concatenate([np.abs(arrays[name]).ravel().astype(np.float64) for name in shared])
         mask = _zero_smallest(flat, int(fraction * flat.size))
-        masks, offset = {}, 0
-        for name, a in arrays.items():
+        offset = 0
+        for name in shared:
+            a = arrays[name]
             masks[name] = mask[offset:offset + a.size].reshape(a.shape)
             offset += a.size
-    else:
-        masks = {name: _zero_smallest(np.abs(a).ravel(), int(fraction * a.size)).reshape(a.shape)
-                 for name, a in arrays.items()}
     layers = []
     for name, a in arrays.items():
         before = float(np.count_nonzero(a == 0)) / a.size
         pruned = np.where(masks[name], np.zeros((), a.dtype), a)
         inits[name].CopyFrom(numpy_helper.from_array(pruned, name))
         node, op = weights[name]
-        layers.append(LayerSparsity(node, op, name, int(a.size), before, float(np.count_nonzero(pruned == 0)) / a.size))
+        layers.append(LayerSparsity(node, op, name, int(a.size), before, float(np.count_nonzero(pruned == 0)) / a.size,
+                                    asked[name]))
     return tuple(layers)
 
 
