@@ -110,3 +110,25 @@ def test_unsupported_ops_listed_and_nothing_written(tmp_path):
     message = str(info.value)
     assert "2 unsupported node(s)" in message and "first_odd_node" in message and "second_odd_node" in message
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["odd.onnx"]
+
+
+def test_torch_export_takes_the_bounds_torch_export_suggests(tmp_path):
+    """A position table bounds the sequence: a plain Dim("seq") is refused, Dim("seq", max=16) is not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    nodes = [helper.make_node("Shape", ["x"], ["seq_len"], start=1, end=2),
+             helper.make_node("Slice", ["table", "zero", "seq_len", "zero"], ["pos"]),
+             helper.make_node("Add", ["x", "pos"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "positions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    src = tmp_path / "positions.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), src)
+    report = api.convert(src, "torch-export", tmp_path / "positions.pt2")
+    assert report.parity.ok and "bounds torch.export suggests seq<=16" in report.artifact.lineage[-1].detail
+    module = torch.export.load(str(tmp_path / "positions.pt2")).module()
+    for batch, seq in [(1, 3), (4, 16)]:
+        x = np.random.default_rng(seq).standard_normal((batch, seq, 4)).astype(np.float32)
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), x + table[:seq], rtol=1e-6)
