@@ -43,6 +43,33 @@ def test_cnn_from_torch_module(tmp_path, cnn, to):
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp files left beside it
 
 
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return zoo.write_bert(tmp_path_factory.mktemp("bert"))
+
+
+def test_bert_to_tflite_from_torch_module(tmp_path, bert):
+    """transformers' attention-mask subgraph defeats onnx2tf with dynamic dims: frozen, then verified."""
+    out = tmp_path / "bert.tflite"
+    report = convert(bert.spec, "tflite", out, options=ConvertOptions(inputs=zoo.input_specs(bert)))
+    assert report.route == ("torch.onnx", "onnx2tf") or len(report.route) == 2
+    assert report.parity.ok and _max_rel(report) <= 1e-4
+    assert any("dims frozen" in w for w in report.warnings)
+    shapes = {s.name: s.shape for s in report.artifact.signature.inputs}
+    assert shapes == {"input_ids": (1, 16), "attention_mask": (1, 16)}
+
+
+def test_bert_to_savedmodel_at_chosen_sizes(tmp_path, bert):
+    onnx_path = tmp_path / "bert.onnx"
+    convert(bert.spec, "onnx", onnx_path, options=ConvertOptions(inputs=zoo.input_specs(bert)))
+    out = tmp_path / "bert_saved_model"
+    report = convert(onnx_path, "savedmodel", out, options=ConvertOptions(extra=(("static_dims", "batch=2,sequence=12"),)))
+    assert report.parity.ok and _max_rel(report) <= 1e-4
+    assert detect(out) == "savedmodel"
+    assert {s.shape for s in report.artifact.signature.inputs} == {(2, 12)}
+    assert report.artifact.signature.outputs[0].shape == (2, 12, 64)
+
+
 def test_cnn_tflite_matches_torch_on_a_batch(tmp_path, cnn, cnn_onnx):
     """The converted file run by hand: same arrays in, the eager PyTorch model's scores out."""
     import torch

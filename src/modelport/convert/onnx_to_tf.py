@@ -22,6 +22,7 @@ TFLite comes in float32 (default) or float16 weights (``ConvertOptions.extra``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import os
@@ -89,6 +90,92 @@ def _kept_layout_inputs(model) -> list[str]:
     ]
 
 
+def _frozen_sizes(model, batch: int, other: int) -> dict[str, int]:
+    """A size for each symbolic input dim: ``batch`` for leading dims, ``other`` elsewhere."""
+    sizes: dict[str, int] = {}
+    for vi in model.graph.input:
+        for pos, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                sizes.setdefault(d.dim_param or f"{vi.name}[{pos}]", batch if pos == 0 else other)
+    return sizes
+
+
+def _freeze_dims(model, sizes: dict[str, int]):
+    """A copy of the model with symbolic input/output dims fixed, shapes re-inferred, constants folded.
+
+    onnx2tf's NHWC rewriting loses the rank of tensors built from runtime shapes (e.g. the
+    attention masks transformers builds with GatherND over broadcast index grids); with
+    static shapes those subgraphs fold to constants.
+    """
+    import onnx
+    import onnxscript.optimizer
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in [*model.graph.input, *model.graph.output]:
+        for pos, d in enumerate(vi.type.tensor_type.shape.dim):
+            key = d.dim_param or f"{vi.name}[{pos}]"
+            if not d.HasField("dim_value") and key in sizes:
+                d.Clear()
+                d.dim_value = sizes[key]
+    del model.graph.value_info[:]
+    try:
+        model = onnxscript.optimizer.optimize(model, input_size_limit=1 << 22, output_size_limit=1 << 22)
+    except Exception:  # noqa: BLE001 - folding is an optimization; our own folder below still runs
+        pass
+    _fold_constants(model)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _fold_constants(model) -> None:
+    """Evaluate nodes whose inputs are all constants (onnx's reference evaluator), in place."""
+    import onnx
+    from onnx import helper, numpy_helper
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    opsets = list(model.opset_import)
+    keep = []
+    for node in graph.node:
+        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if has_subgraph or node.domain not in _STANDARD_DOMAINS or not all(i == "" or i in consts for i in node.input):
+            keep.append(node)
+            continue
+        used = [i for i in node.input if i]
+        single = helper.make_model(
+            helper.make_graph([node], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in node.output],
+                              [consts[i] for i in used]),
+            opset_imports=opsets, ir_version=model.ir_version,
+        )
+        values = _evaluate(single)
+        if values is None:
+            keep.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            tensor = numpy_helper.from_array(np.asarray(value), name)
+            consts[name] = tensor
+            graph.initializer.append(tensor)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def _evaluate(single) -> list | None:
+    """Outputs of a constant-input model: onnx's reference evaluator, else onnxruntime, else None."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        return ReferenceEvaluator(single).run(None, {})
+    except Exception:  # noqa: BLE001 - its GatherElements fails on valid broadcasts; try onnxruntime
+        pass
+    try:
+        import onnx
+        import onnxruntime as ort
+
+        typed = onnx.shape_inference.infer_shapes(single, strict_mode=True)  # types the graph outputs
+        sess = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run([o.name for o in typed.graph.output], {})
+    except Exception:  # noqa: BLE001 - leave the node to onnx2tf
+        return None
+
+
 def write_calibration_file(directory: Path) -> Path:
     """The calibration images onnx2tf would download: 20 seeded uniform [0, 1) 128x128 RGB images."""
     path = directory / CALIBRATION_FILE
@@ -111,14 +198,58 @@ def _scratch_cwd() -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _last_error(log: str) -> str:
+def _last_error(log: str, default: str) -> str:
+    """onnx2tf's own reason: the first ERROR line that is not one of its generic hints."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines()]
-    errors = [ln for ln in lines if "ERROR" in ln and ln.strip("ERROR: ").strip()]
-    return errors[-1] if errors else ""
+    errors = [ln.removeprefix("ERROR:").strip() for ln in lines if ln.startswith("ERROR:")]
+    generic = ("input_onnx_file_path", "onnx_op_name", "Read this", "Alternatively", "If the input OP", "Also, for",
+               "The trace log")
+    errors = [e for e in errors if e and not e.startswith(generic)]
+    return errors[0] if errors else default
 
 
-def _run_onnx2tf(src: str, folder: Path) -> list[str]:
-    """Convert with onnx2tf into ``folder`` (SavedModel + float32/float16 .tflite); returns kept inputs."""
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    kept: list[str]
+    frozen: dict[str, int]
+    note: str = ""
+
+
+def _convert_file(src: str, folder: Path, kept: list[str], pseudo: list[str]) -> None:
+    """One onnx2tf run in the current (scratch) cwd; failures become ExportError."""
+    import onnx2tf
+
+    sink = io.StringIO()
+    try:
+        with redirect_stdout(sink), redirect_stderr(sink):
+            onnx2tf.convert(
+                input_onnx_file_path=src,
+                output_folder_path=str(folder),
+                keep_ncw_or_nchw_or_ncdhw_input_names=kept or None,
+                replace_to_pseudo_operators=pseudo,
+                output_signaturedefs=True,
+                copy_onnx_input_output_names_to_tflite=True,
+                not_use_onnxsim=True,
+                non_verbose=True,
+                verbosity="error",
+            )
+    except (Exception, SystemExit) as exc:
+        node = getattr(exc, "onnx_op_name", None)
+        text = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        if isinstance(exc, SystemExit) or not text:
+            why = _last_error(sink.getvalue(), type(exc).__name__)
+        else:
+            why = f"{type(exc).__name__}: {text[0] if len(text[0]) > 20 else text[-1]}"
+        where = f" at node {node}" if node else ""
+        raise ExportError(f"onnx2tf failed{where}: {why}"[:400]) from None
+
+
+def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tuple[str, ...] = ()) -> _Run:
+    """Convert with onnx2tf into ``folder`` (SavedModel + float32/float16 .tflite).
+
+    A graph with dynamic dims that onnx2tf cannot convert is retried once with those dims
+    frozen (``static_dims`` in the options' extra, else 1 for leading dims and 16 elsewhere).
+    """
     require("tensorflow", "tf", "ONNX -> TensorFlow")
     require("onnx2tf", "tf", "ONNX -> TensorFlow")
     import onnx
@@ -129,29 +260,43 @@ def _run_onnx2tf(src: str, folder: Path) -> list[str]:
         raise BadInputError(f"cannot read ONNX model ({type(exc).__name__})", path=src) from None
     _check_ops(model, src)
     kept = _kept_layout_inputs(model)
-    src_abs, folder = os.path.abspath(src), folder.resolve()  # it runs in a scratch cwd
-    sink = io.StringIO()
-    with _scratch_cwd():
-        import onnx2tf
-
+    sizes = _frozen_sizes(model, 1, 16)
+    asked = _parse_dims(options.get("static_dims"))
+    sizes.update(asked)
+    folder = folder.resolve()  # onnx2tf runs in a scratch cwd
+    with _scratch_cwd() as scratch:
+        if asked:
+            first = "asked for"
+        else:
+            try:
+                _convert_file(os.path.abspath(src), folder, kept, list(pseudo))
+                return _Run(kept, {})
+            except ExportError as exc:
+                if not sizes:
+                    raise ExportError(exc.args[0], path=src) from None
+                first = exc.args[0]
+            shutil.rmtree(folder, ignore_errors=True)
+        frozen = scratch / (Path(src).stem + ".onnx")
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):  # onnxscript's folder chatters
+            onnx.save(_freeze_dims(model, sizes), str(frozen))
         try:
-            with redirect_stdout(sink), redirect_stderr(sink):
-                onnx2tf.convert(
-                    input_onnx_file_path=src_abs,
-                    output_folder_path=str(folder),
-                    keep_ncw_or_nchw_or_ncdhw_input_names=kept or None,
-                    output_signaturedefs=True,
-                    copy_onnx_input_output_names_to_tflite=True,
-                    not_use_onnxsim=True,
-                    non_verbose=True,
-                    verbosity="error",
-                )
-        except (Exception, SystemExit) as exc:
-            node = getattr(exc, "onnx_op_name", None)
-            why = _last_error(sink.getvalue()) or f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            where = f" at node {node}" if node else ""
-            raise ExportError(f"onnx2tf failed{where}: {why}"[:400], path=src) from None
-    return kept
+            _convert_file(str(frozen), folder, kept, list(pseudo))
+        except ExportError as exc:
+            raise ExportError(f"{exc.args[0]} (dynamic graph: {first})"[:500], path=src) from None
+    dims = ", ".join(f"{k}={v}" for k, v in sizes.items())
+    return _Run(kept, sizes, f"dynamic dims frozen ({dims}): {first}"[:300])
+
+
+def _parse_dims(value) -> dict[str, int]:
+    """``{"batch": 1}`` or ``"batch=1,sequence=128"``."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): int(v) for k, v in value.items()}
+    try:
+        return {k.strip(): int(v) for k, v in (part.split("=") for part in str(value).split(",") if part.strip())}
+    except ValueError:
+        raise BadInputError(f"static_dims must look like batch=1,sequence=128, not {value!r}") from None
 
 
 def _versions() -> tuple[tuple[str, str], ...]:
@@ -161,18 +306,29 @@ def _versions() -> tuple[tuple[str, str], ...]:
     return (("onnx2tf", onnx2tf.__version__), ("tensorflow", tf.__version__))
 
 
-def _detail(kept: list[str], extra: str = "") -> str:
-    layout = f"inputs kept in ONNX layout: {', '.join(kept)}" if kept else "no input layout change"
-    return f"{layout}{'; ' + extra if extra else ''}"
+def _detail(run: _Run, extra: str = "") -> str:
+    parts = [f"inputs kept in ONNX layout: {', '.join(run.kept)}" if run.kept else "no input layout change"]
+    if run.frozen:
+        parts.append("static dims " + ", ".join(f"{k}={v}" for k, v in run.frozen.items()))
+    return "; ".join(parts + ([extra] if extra else []))
+
+
+def _flex_ops(path: Path) -> list[str]:
+    """TensorFlow (Flex) ops left in a .tflite: TFLite's builtin interpreter cannot run them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+    return sorted(o.removeprefix("Flex") for o in ops if o.startswith("Flex"))
 
 
 @register("onnx", "savedmodel", "onnx2tf")
 def onnx_to_savedmodel(src: str, out: str, options: ConvertOptions) -> ConverterResult:
     folder = Path(out)
-    kept = _run_onnx2tf(src, folder)
+    run = _run_onnx2tf(src, folder, options)
     for extra in folder.glob("*.tflite"):
         extra.unlink()
-    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(kept))
+    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run),
+                           warnings=(run.note,) if run.note else ())
 
 
 @register("onnx", "tflite", "onnx2tf")
@@ -183,11 +339,16 @@ def onnx_to_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResu
     dest = Path(out)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.onnx2tf-", dir=dest.parent))
     try:
-        kept = _run_onnx2tf(src, work / "saved_model")
+        # Erf is no TFLite builtin: onnx2tf writes it as Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).
+        run = _run_onnx2tf(src, work / "saved_model", options, pseudo=("erf",))
         found = sorted((work / "saved_model").glob(f"*_{dtype}.tflite"))
         if not found:
             raise ExportError(f"onnx2tf wrote no {dtype} .tflite file", path=src)
+        flex = _flex_ops(found[0])
+        if flex:
+            raise ExportError(f"the TFLite model needs TensorFlow ops that are no TFLite builtins: {', '.join(flex)}", path=src)
         os.replace(found[0], dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(kept, f"tflite {dtype}"))
+    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, f"tflite {dtype}"),
+                           warnings=(run.note,) if run.note else ())
