@@ -323,6 +323,106 @@ def test_structured_prune_removes_channels_and_macs(digits_cnn, structured_cnn):
     assert report.latency_ratio(8) is not None  # measured in the same run; speed-ups need bigger models
 
 
+@pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory) -> str:
+    """A ResNet-style CNN (random weights, BN statistics set): residual adds, a strided block with a
+    1x1 downsample, a grouped (4 groups) and a depthwise 3x3 conv, global pooling; torch.onnx (dynamo)."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride, groups=1):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
+            self.down = None if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(y + (x if self.down is None else self.down(x)))
+
+    class TinyResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+            self.layer1, self.layer2, self.layer3 = Block(16, 16, 1), Block(16, 32, 2, groups=4), Block(32, 32, 1, groups=32)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(self.layer3(self.layer2(self.layer1(self.stem(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("resnet") / "resnet.onnx"
+    return _export(model, torch.randn(2, 3, 16, 16), path, ["x"])
+
+
+def _conv_weights(path: str) -> list[tuple[tuple[int, ...], int]]:
+    """(weight shape, group) of every Conv, in graph order."""
+    import onnx
+
+    model = onnx.load(path)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [(shapes[n.input[1]], next((a.i for a in n.attribute if a.name == "group"), 1))
+            for n in model.graph.node if n.op_type == "Conv"]
+
+
+@pytest.mark.slow
+def test_structured_prune_of_a_residual_network_with_grouped_convs(tiny_resnet, tmp_path):
+    out = tmp_path / "resnet.s50.onnx"
+    report = compress(tiny_resnet, out, prune=0.5, structured=True, bench_runs=0)
+    assert report.after.macs <= 0.35 * report.before.macs and report.after.params <= 0.35 * report.before.params
+    widths = {layer.module: (layer.width_before, layer.width_after) for layer in report.structured_layers}
+    assert widths.pop("fc") == (10, 10)
+    assert all(after == before // 2 for before, after in widths.values()), widths
+    before, after = _conv_weights(tiny_resnet), _conv_weights(str(out))
+    assert [g for _, g in before] == [1, 1, 1, 1, 4, 1, 1, 32]
+    # the residual adds stay consistent (coupled channels pruned together), grouped convs keep 4 groups,
+    # the depthwise conv stays depthwise at its new width
+    assert [g for _, g in after] == [1, 1, 1, 1, 4, 1, 1, 16]
+    assert [s[0] for s, _ in after] == [s[0] // 2 for s, _ in before]
+    assert after[4][0] == (16, 4, 3, 3) and after[7][0] == (16, 1, 3, 3)
+    from modelport.formats import open_runner
+
+    rng = np.random.default_rng(0)
+    with open_runner(str(out)) as runner:
+        assert runner.signature.output_names == [o.name for o in __import__("onnx").load(tiny_resnet).graph.output]
+        assert runner.signature.inputs[0].shape[0] not in (1, 2)  # the batch dim stays dynamic
+        for batch in (1, 5):
+            y = next(iter(runner.run({"x": rng.normal(size=(batch, 3, 16, 16)).astype(np.float32)}).values()))
+            assert y.shape == (batch, 10) and np.isfinite(y).all()
+
+
+@pytest.mark.slow
+def test_structured_accuracy_control_prunes_less_or_fails(digits_cnn, tmp_path):
+    out = tmp_path / "cnn.s.onnx"
+    report = compress(digits_cnn["model"], out, prune=0.5, structured=True, eval_data=digits_cnn["eval"],
+                      max_drop=0.03, bench_runs=0)
+    assert report and report.drop <= 0.03
+    assert report.reduced_fractions in ((("*", 0.25),), (("*", 0.125),))  # 0.5 costs more than 3 points
+    assert any("structured pruning at" in step and "instead of 0.5" in step for step in report.steps)
+    widths = {layer.module: (layer.width_before, layer.width_after) for layer in report.structured_layers}
+    assert widths["c2"][1] < 16 and widths["c2"][1] > 8  # pruned, less than half
+    assert report.after.macs < report.before.macs
+    from modelport.formats import open_runner
+
+    x = np.random.default_rng(0).normal(size=(2000, 1, 8, 8)).astype(np.float32)
+    with open_runner(digits_cnn["model"]) as runner:
+        labels = next(iter(runner.run({"x": x}).values())).argmax(-1)
+    bad = tmp_path / "never.onnx"
+    with pytest.raises(CheckFailedError, match="cannot be met by structured pruning") as info:
+        compress(digits_cnn["model"], bad, prune=0.5, structured=True, eval_data={"x": x, "labels": labels},
+                 max_drop=0.0, bench_runs=0)
+    assert info.value.exit_code == 1
+    assert _only_input_left(tmp_path, "cnn.s.onnx") == []
+
+
 @pytest.mark.slow
 def test_structured_prune_then_distill_recovers_the_teachers_accuracy(digits_cnn, structured_cnn, tmp_path):
     from modelport.distill import distill

@@ -31,6 +31,7 @@ __all__ = ["compress", "default_output"]
 ArrayData = str | Path | dict[str, np.ndarray]
 _SUFFIX = {"dynamic": "int8", "static": "int8", "fp16": "fp16", "int4": "int4"}
 FP16_RTOL, FP16_ATOL = 1e-2, 1e-3
+STRUCTURED_STEPS = (1.0, 0.5, 0.25)  # structured pruning under a budget: the fraction, then half, a quarter
 
 
 def default_output(model: str | Path, quantize: str | None, prune: float | None) -> Path:
@@ -209,6 +210,38 @@ def _parity(src: Path, out: Path, eval_data: accuracy_control.EvalData | None, e
     return verify(str(src), str(out), a_format="onnx", b_format="onnx", inputs=inputs, **tol)
 
 
+def _structured(src: Path, work: Path, fraction: float, feeds, data, baseline, max_drop, say):
+    """Structured pruning at ``fraction``, then half and a quarter of it while the budget is missed.
+
+    Returns (model written, per-layer widths, notes, the fraction used).
+    """
+    from modelport.passes import structured_prune
+
+    tried = []
+    for attempt, share in enumerate(STRUCTURED_STEPS):
+        f = fraction * share
+        say(f"structured pruning {f:g} (ONNX -> PyTorch -> Torch-Pruning -> ONNX)")
+        scratch = work / f"structured{attempt}"
+        scratch.mkdir()
+        path = scratch / "structured.onnx"
+        try:
+            layers, notes = structured_prune.structured_prune(src, path, f, scratch, feeds)
+        except BadInputError:
+            if not tried:
+                raise
+            break  # too small a fraction to remove a single channel
+        if data is None or max_drop is None:
+            return path, layers, notes, f
+        metric = accuracy_control.top1(path, data)
+        tried.append(f"{f:g}: {100 * (baseline - metric):.2f} pts")
+        if baseline - metric <= max_drop:
+            return path, layers, notes, f
+        say(f"structured pruning {f:g}: top-1 drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}")
+    raise CheckFailedError(
+        f"accuracy budget cannot be met by structured pruning: top-1 drop per fraction tried ({'; '.join(tried)}) "
+        f"> {100 * max_drop:g} pts (prune less, or recover accuracy by distillation); nothing written", path=src)
+
+
 def compress(
     model: str | Path,
     out: str | Path | None = None,
@@ -245,7 +278,8 @@ def compress(
         eval_data: .npz or dict with the inputs plus integer ``labels``: top-1 before/after.
         max_drop: largest acceptable top-1 drop (0.01 = one point); the layers that hurt most
             are left uncompressed (quantization) or pruned less, their fraction halved step by
-            step down to dense (pruning), until it holds.
+            step down to dense (unstructured pruning), or the whole model is pruned at half,
+            then a quarter of the fraction (structured pruning), until it holds.
         bench_batches, bench_runs: latency measurement (runs 0: skipped).
         progress: called with a line per phase.
 
@@ -278,17 +312,20 @@ def compress(
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     notes: list[str] = []
     structured_layers: tuple = ()
+    reduced: tuple[tuple[str, float], ...] = ()
     try:
         base = work / "base.onnx"
         start = src
+        baseline = None
+        if data is not None:
+            say("measuring the original's top-1 accuracy")
+            baseline = accuracy_control.top1(src, data)
         if structured:
-            from modelport.passes import structured_prune
-
-            say("structured pruning (ONNX -> PyTorch -> Torch-Pruning -> ONNX)")
-            start = work / "structured.onnx"
-            structured_layers, more = structured_prune.structured_prune(
-                src, start, plan.prune, work, _example_feeds(specs, data, plan.calibration, source))
+            feeds = _example_feeds(specs, data, plan.calibration, source)
+            start, structured_layers, more, used = _structured(src, work, plan.prune, feeds, data, baseline, max_drop, say)
             notes += more
+            if used != plan.prune:
+                reduced = (("*", used),)
         if quantize in ("dynamic", "static"):
             say("quantization pre-processing")
             scratch = work / "preprocess"
@@ -301,22 +338,16 @@ def compress(
             notes.append("unnamed nodes were given names (accuracy control refers to nodes by name)")
         onnx.save(prepared, str(base))
         runner = _Work(base, plan, work)
-        baseline = None
-        if data is not None:
-            say("measuring the original's top-1 accuracy")
-            baseline = accuracy_control.top1(src, data)
         say(" -> ".join(plan.steps()))
         result_path = runner.apply(frozenset())
         metric = accuracy_control.top1(result_path, data) if data is not None else None
         kept: tuple[str, ...] = ()
         ranking: tuple = ()
-        reduced: tuple[tuple[str, float], ...] = ()
         trials = 1
         if data is not None and max_drop is not None and baseline - metric > max_drop and structured and not quantize:
-            raise CheckFailedError(
+            raise CheckFailedError(  # the exported model scores differently from the trial that met the budget
                 f"accuracy budget not met: top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}% after structured pruning "
-                f"(drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}); structured pruning has no per-layer "
-                "control yet: prune less, or recover accuracy by distillation; nothing written", path=src)
+                f"(drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}); nothing written", path=src)
         if data is not None and max_drop is not None and baseline - metric > max_drop:
             if quantize:
                 candidates = quant.quantizable_nodes(prepared, quantize)
@@ -332,7 +363,7 @@ def compress(
                 res = accuracy_control.relax(lambda fr: runner.apply(frozenset(), fr), candidates, evaluate, baseline,
                                              max_drop, plan.prune, first=(result_path, metric), say=say)
             result_path, metric, kept, ranking, trials = Path(res.path), res.metric, res.kept, res.ranking, res.trials
-            reduced = res.fractions
+            reduced += res.fractions
             if baseline - metric > max_drop:
                 raise CheckFailedError(
                     f"accuracy budget cannot be met: top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}% "
@@ -359,7 +390,10 @@ def compress(
         before = _stats(src, str(src), p50[0], baseline)
         after = _stats(result_path, str(dest), p50[1], metric)
         steps = plan.steps()
-        less = [(n, f) for n, f in reduced if f > 0]
+        less = [(n, f) for n, f in reduced if f > 0 and n != "*"]
+        if reduced[:1] and reduced[0][0] == "*":
+            steps += (f"accuracy control: structured pruning at {reduced[0][1]:g} instead of {plan.prune:g} "
+                      "(the budget missed at larger fractions)",)
         if less:
             steps += (f"accuracy control: pruned {len(less)} layer(s) less than {plan.prune:g}: "
                       + ", ".join(f"{n} at {f:g}" for n, f in less),)

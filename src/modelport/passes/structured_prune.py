@@ -180,7 +180,20 @@ def structured_prune(src: str | Path, dst: str | Path, fraction: float, work: st
     model = program.model_proto
     _rename_outputs(model, sig.output_names)
     onnx.save(model, str(dst))
+    _check_export(dst, net, feeds, names)
     return layers, notes
+
+
+def _check_export(path: str | Path, net, feeds: dict[str, np.ndarray], names: list[str]) -> None:
+    """The re-exported ONNX model computes what the pruned module does (same shapes, same values)."""
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    want = [o.numpy() for o in _run(net, feeds, names)]
+    if len(got) != len(want) or not all(a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5)
+                                        for a, b in zip(got, want)):
+        raise UnsupportedError("the pruned model re-exported to ONNX does not compute what the pruned PyTorch "
+                               "module does")
 
 
 class _quiet_export:
