@@ -25,6 +25,7 @@ FORMATS: dict[str, str] = {
     "keras": "modelport.formats.keras_format",
     "savedmodel": "modelport.formats.savedmodel",
     "tflite": "modelport.formats.tflite",
+    "openvino": "modelport.formats.openvino_format",
 }
 
 

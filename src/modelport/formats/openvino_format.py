@@ -1,0 +1,82 @@
+"""OpenVINO IR (a ``.xml`` graph with its ``.bin`` weights beside it), run with openvino on CPU.
+
+A directory holding ``model.xml`` and ``model.bin`` (what ``convert --to openvino`` writes)
+is an IR too. The CPU plugin's default inference precision on CPUs with bf16 support is
+bf16; the runner asks for f32 so that verification compares like with like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modelport.artifact import Signature, TensorSpec
+from modelport.errors import BadInputError
+from modelport.formats.base import BaseRunner, LoadOptions, fill_signature, read_head, require
+
+NAME = "openvino"
+MODEL_FILE = "model.xml"
+
+
+def xml_path(path: Path) -> Path | None:
+    """The IR's .xml for a path that is one (or a directory holding model.xml/model.bin), else None."""
+    xml = path / MODEL_FILE if path.is_dir() else path
+    if not (xml.is_file() and xml.suffix.lower() == ".xml" and xml.with_suffix(".bin").is_file()):
+        return None
+    head = read_head(xml, 512)
+    return xml if b"<net " in head else None
+
+
+def detect(path: Path) -> bool:
+    return xml_path(path) is not None
+
+
+def _spec(port, index: int) -> TensorSpec:
+    names = port.get_names()
+    name = port.get_any_name() if names else f"output_{index}"
+    pshape = port.get_partial_shape()
+    shape = None
+    if pshape.rank.is_static:
+        shape = tuple(
+            int(d.get_length()) if d.is_static else ("batch" if i == 0 else None) for i, d in enumerate(pshape)
+        )
+    return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()).name, shape)
+
+
+class OpenVINORunner(BaseRunner):
+    format = NAME
+
+    def __init__(self, path: str, options: LoadOptions) -> None:
+        super().__init__(path)
+        ov = require("openvino", "openvino", "OpenVINO IR")
+        xml = xml_path(Path(path))
+        if xml is None:
+            raise BadInputError("not an OpenVINO IR (.xml with a .bin beside it)", path=path)
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        try:
+            core = ov.Core()
+            self.model = core.read_model(str(xml))
+            self.compiled = core.compile_model(self.model, "CPU", config)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInputError(f"cannot load OpenVINO IR ({msg[:200]})", path=path) from None
+        inputs = tuple(_spec(p, i) for i, p in enumerate(self.compiled.inputs))
+        outputs = tuple(_spec(p, i) for i, p in enumerate(self.compiled.outputs))
+        self._signature = Signature(fill_signature(inputs, options.inputs, path), outputs)
+        self._request = self.compiled.create_infer_request()
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = [np.ascontiguousarray(feeds[s.name]) for s in self._signature.inputs]
+        results = self._request.infer(arrays, share_inputs=False)
+        return {s.name: np.array(results[port]) for s, port in zip(self._signature.outputs, self.compiled.outputs)}
+
+
+def open(path: str, options: LoadOptions) -> OpenVINORunner:  # noqa: A001
+    return OpenVINORunner(path, options)
