@@ -12,6 +12,9 @@ Models:
     outlier MLP  Linear(64->64)-Linear(64->10) on raw pixels, with one fc1 weight column (a
                  pixel that is 0 in every image) set to 1000x the largest weight: the float
                  model is unchanged, plain int8 collapses, accuracy control keeps fc1 in float
+    tiny ResNet  PyTorch ResNet-style CNN, random weights: stem Conv(3->16), three basic blocks with
+                 residual adds (16 -> 32 with a strided 1x1 downsample, a 4-group 3x3 conv, a
+                 depthwise 3x3 conv), global average pooling, Linear(32->10); 3x16x16 inputs
     tiny BERT    transformers BertModel (hidden 256, 4 layers, 4 heads, intermediate 512,
                  vocab 1000), random weights, sequence 16 for latency
 
@@ -19,6 +22,10 @@ Runs:
     cnn-static      int8 static QDQ (minmax, per-channel), budget 1 point
     cnn-fp16        fp16, float32 IO kept, parity at fp16 tolerance
     cnn-prune50     50% unstructured magnitude pruning per layer
+    cnn-prune-control  80% unstructured with a 1-point budget: accuracy control prunes the most
+                    harmful layers less (fraction halved, quartered, then dense); per-layer fractions
+    cnn-structured-control  50% structured with a 4-point budget: retried at 0.25, 0.125 if missed
+    resnet-structured  50% structured pruning of the tiny ResNet (residual groups, grouped convs)
     cnn-chain       the demo chain: 50% structured pruning -> distillation (8 epochs, the
                     training split, T=4, alpha=0.7) -> int8 static; each step's table, then
                     teacher vs final on the test split
@@ -48,7 +55,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-RUNS = ("cnn-static", "cnn-fp16", "cnn-prune50", "cnn-chain", "mlp-control", "bert-dynamic", "bert-int4")
+RUNS = ("cnn-static", "cnn-fp16", "cnn-prune50", "cnn-prune-control", "cnn-structured-control", "cnn-chain",
+        "resnet-structured", "mlp-control", "bert-dynamic", "bert-int4")
 
 
 def digits():
@@ -131,6 +139,37 @@ def build_mlp(d: Path, data) -> dict:
             "calib": str(d / "mlp_calib.npz"), "eval": str(d / "mlp_eval.npz")}
 
 
+def build_resnet(d: Path) -> str:
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride, groups=1):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
+            self.down = None if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(y + (x if self.down is None else self.down(x)))
+
+    class TinyResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+            self.layer1, self.layer2, self.layer3 = Block(16, 16, 1), Block(16, 32, 2, groups=4), Block(32, 32, 1, groups=32)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(self.layer3(self.layer2(self.layer1(self.stem(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    return export(model, torch.randn(2, 3, 16, 16), d / "resnet.onnx")
+
+
 def build_bert(d: Path) -> str:
     import torch
     from transformers import BertConfig, BertModel
@@ -172,6 +211,12 @@ def print_report(title: str, report, console) -> None:
         console.print(f"  step: {step}")
     if report.kept_float:
         console.print(f"  kept in float: {', '.join(report.kept_float)}")
+    if report.layers and report.reduced_fractions:
+        console.print("  per-layer fractions: " + ", ".join(
+            f"{layer.node} {layer.fraction:g} ({100 * layer.sparsity_after:.1f}% zeros)" for layer in report.layers))
+    if report.structured_layers:
+        console.print("  widths: " + ", ".join(
+            f"{layer.module} {layer.width_before}->{layer.width_after}" for layer in report.structured_layers))
     if report.parity is not None and report.parity_enforced:
         console.print(f"  parity (fp16 tolerance): {report.parity.summary()}")
     console.print(f"  {report.seconds:.1f} s\n")
@@ -198,6 +243,8 @@ def chain(cnn: dict, d: Path, runs: int, console) -> dict:
     for row in comparison_rows(distilled):
         table.add_row(*row)
     console.print(table)
+    if distilled.torch_out:
+        console.print(f"  student also written as a torch directory: {distilled.torch_parity.summary()}")
     final = compress(distilled.out, d / "chain.student.int8.onnx", quantize="static", calibration=cnn["calib"],
                      eval_data=cnn["eval"], max_drop=0.01, bench_runs=runs)
     print_report("chain 3/3: int8 static on the distilled student", final, console)
@@ -251,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         cnn = build_cnn(d, data) if any(r.startswith("cnn") for r in only) else None
         mlp = build_mlp(d, data) if "mlp-control" in only else None
         bert = build_bert(d) if any(r.startswith("bert") for r in only) else None
+        resnet = build_resnet(d) if "resnet-structured" in only else None
         console.print(f"models built in {time.perf_counter() - t:.0f} s\n")
         runs = {
             "cnn-static": lambda: compress(cnn["model"], d / "cnn.int8.onnx", quantize="static", calibration=cnn["calib"],
@@ -259,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                                          bench_runs=args.runs),
             "cnn-prune50": lambda: compress(cnn["model"], d / "cnn.pruned50.onnx", prune=0.5, eval_data=cnn["eval"],
                                             bench_runs=args.runs),
+            "cnn-prune-control": lambda: compress(cnn["model"], d / "cnn.pruned80.onnx", prune=0.8, eval_data=cnn["eval"],
+                                                  max_drop=0.01, bench_runs=args.runs),
+            "cnn-structured-control": lambda: compress(cnn["model"], d / "cnn.s.onnx", prune=0.5, structured=True,
+                                                       eval_data=cnn["eval"], max_drop=0.04, bench_runs=args.runs),
             "cnn-chain": lambda: chain(cnn, d, args.runs, console),
+            "resnet-structured": lambda: compress(resnet, d / "resnet.s50.onnx", prune=0.5, structured=True,
+                                                  bench_runs=args.runs),
             "mlp-plain": lambda: compress(mlp["model"], d / "mlp.plain.onnx", quantize="static", calibration=mlp["calib"],
                                           eval_data=mlp["eval"], bench_runs=args.runs),
             "mlp-control": lambda: compress(mlp["model"], d / "mlp.int8.onnx", quantize="static", calibration=mlp["calib"],
@@ -267,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             "bert-dynamic": lambda: compress(bert, d / "bert.int8.onnx", quantize="dynamic", bench_runs=args.runs),
             "bert-int4": lambda: compress(bert, d / "bert.int4.onnx", quantize="int4", bench_runs=args.runs),
         }
-        order = [r for r in ("cnn-static", "cnn-fp16", "cnn-prune50", "cnn-chain", "mlp-plain", "mlp-control", "bert-dynamic", "bert-int4")
+        order = [r for r in ("cnn-static", "cnn-fp16", "cnn-prune50", "cnn-prune-control", "cnn-structured-control",
+                             "cnn-chain", "resnet-structured", "mlp-plain", "mlp-control", "bert-dynamic", "bert-int4")
                  if r in only or (r == "mlp-plain" and "mlp-control" in only)]
         for name in order:
             report = runs[name]()
