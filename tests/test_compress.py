@@ -544,7 +544,14 @@ def test_distill_torch_output_bad_paths_are_clear_errors(digits_cnn, tmp_path):
             distill(digits_cnn["model"], student, out, torch_out=torch_out, data=digits_cnn["train"], epochs=1,
                     bench_runs=0)
         assert info.value.exit_code == 2, what
-    assert _only_input_left(tmp_path, "small.py", "notes.txt", "photos") == []
+    from modelport import onnx2torch
+
+    own = tmp_path / "s_torch"  # a torch-directory student and the default torch output of s.onnx
+    own.mkdir()
+    onnx2torch.convert(digits_cnn["model"], own)
+    with pytest.raises(BadInputError, match="student's own directory"):
+        distill(digits_cnn["model"], own, tmp_path / "s.onnx", data=digits_cnn["train"], epochs=1, bench_runs=0)
+    assert _only_input_left(tmp_path, "small.py", "notes.txt", "photos", "s_torch") == []
     assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "photos" / "a.jpg").exists()
 
 

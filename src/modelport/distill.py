@@ -203,6 +203,9 @@ def distill(
     if dest.resolve() in (Path(str(teacher)).resolve(), Path(str(student)).resolve()):
         raise BadInputError("the output would overwrite the teacher or the student", path=dest)
     torch_dest = _torch_destination(dest, torch_out)
+    if torch_dest is not None and torch_dest.resolve() == Path(str(student)).resolve():
+        raise BadInputError("the torch directory would replace the student's own directory; choose another path",
+                            path=torch_dest)
     arrays = load_npz(data) if not isinstance(data, dict) else dict(data)
     labels = arrays.get("labels")
     logits, names, teacher_sig = _teacher_outputs(str(teacher), arrays, say)
