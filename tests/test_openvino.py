@@ -54,7 +54,7 @@ def test_xml_needs_its_bin(tmp_path, cnn_onnx):
 def test_bert_to_openvino_from_torch_module(tmp_path):
     bert = zoo.cached("bert", zoo.write_bert)
     report = convert(bert.spec, "openvino", tmp_path / "bert_ir", options=ConvertOptions(inputs=zoo.input_specs(bert)))
-    assert report.route == ("torch.onnx", "openvino") or len(report.route) == 2
+    assert report.route == ("torch.onnx export", "openvino")
     assert report.parity.ok and _max_rel(report) <= 1e-4
 
 
