@@ -31,7 +31,6 @@ __all__ = ["compress", "default_output"]
 ArrayData = str | Path | dict[str, np.ndarray]
 _SUFFIX = {"dynamic": "int8", "static": "int8", "fp16": "fp16", "int4": "int4"}
 FP16_RTOL, FP16_ATOL = 1e-2, 1e-3
-STRUCTURED_STEPS = (1.0, 0.5, 0.25)  # structured pruning under a budget: the fraction, then half, a quarter
 
 
 def default_output(model: str | Path, quantize: str | None, prune: float | None) -> Path:
@@ -136,6 +135,7 @@ class _Work:
         self.base, self.plan, self.work = base, plan, work
         self.count = 0
         self.layers: tuple[prune_pass.LayerSparsity, ...] = ()
+        self.layers_of: dict[Path, tuple[prune_pass.LayerSparsity, ...]] = {}  # per trial written
         self.notes: list[str] = []
 
     def apply(self, exclude: frozenset[str], fractions: dict[str, float] | None = None) -> Path:
@@ -166,6 +166,7 @@ class _Work:
             shutil.copyfile(src, dst)
         if src != self.base:
             src.unlink(missing_ok=True)
+        self.layers_of[dst] = self.layers
         return dst
 
 
@@ -210,36 +211,56 @@ def _parity(src: Path, out: Path, eval_data: accuracy_control.EvalData | None, e
     return verify(str(src), str(out), a_format="onnx", b_format="onnx", inputs=inputs, **tol)
 
 
+def _torch_top1(net, names: list[str], data: accuracy_control.EvalData) -> float:
+    """Top-1 of a PyTorch module on the eval data (structured trials are scored before any export)."""
+    import torch
+
+    n = len(data.labels)
+    preds = []
+    with torch.no_grad():
+        for i in range(0, n, 256):
+            out = net(*[torch.from_numpy(np.ascontiguousarray(data.feeds[k][i:i + 256])) for k in names])
+            preds.append((out[0] if isinstance(out, (tuple, list)) else out).argmax(-1).numpy())
+    return float(np.mean(np.concatenate(preds) == data.labels))
+
+
 def _structured(src: Path, work: Path, fraction: float, feeds, data, baseline, max_drop, say):
-    """Structured pruning at ``fraction``, then half and a quarter of it while the budget is missed.
+    """Structured pruning; under a budget, the layers that hurt most are pruned less (accuracy_control.relax).
 
-    Returns (model written, per-layer widths, notes, the fraction used).
+    Trials prune copies of the PyTorch module and are scored in PyTorch; only the chosen one
+    is exported. Returns (model written, per-layer widths, notes, reduced fractions, ranking, trials).
     """
-    from modelport.passes import structured_prune
+    from modelport.passes import structured_prune as sp
 
-    tried = []
-    for attempt, share in enumerate(STRUCTURED_STEPS):
-        f = fraction * share
-        say(f"structured pruning {f:g} (ONNX -> PyTorch -> Torch-Pruning -> ONNX)")
-        scratch = work / f"structured{attempt}"
-        scratch.mkdir()
-        path = scratch / "structured.onnx"
-        try:
-            layers, notes = structured_prune.structured_prune(src, path, f, scratch, feeds)
-        except BadInputError:
-            if not tried:
-                raise
-            break  # too small a fraction to remove a single channel
-        if data is None or max_drop is None:
-            return path, layers, notes, f
-        metric = accuracy_control.top1(path, data)
-        tried.append(f"{f:g}: {100 * (baseline - metric):.2f} pts")
-        if baseline - metric <= max_drop:
-            return path, layers, notes, f
-        say(f"structured pruning {f:g}: top-1 drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}")
-    raise CheckFailedError(
-        f"accuracy budget cannot be met by structured pruning: top-1 drop per fraction tried ({'; '.join(tried)}) "
-        f"> {100 * max_drop:g} pts (prune less, or recover accuracy by distillation); nothing written", path=src)
+    say("structured pruning (ONNX -> PyTorch -> Torch-Pruning -> ONNX)")
+    scratch = work / "structured"
+    scratch.mkdir()
+    model = sp.load(src, scratch, feeds)
+    net, layers = sp.prune(model, fraction)
+    if all(layer.width_after == layer.width_before for layer in layers):
+        raise BadInputError("nothing to prune: every Conv/Linear layer produces a model output")
+    reduced, ranking, trials = (), (), 1
+    if data is not None and max_drop is not None:
+        score = lambda trial: _torch_top1(trial[0], model.names, data)  # noqa: E731
+        metric = score((net, layers))
+        if baseline - metric > max_drop:
+            say(f"top-1 drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}: ranking {len(model.layers)} layers")
+        res = accuracy_control.relax(lambda fr: sp.prune(model, fraction, fr), model.layers, score, baseline, max_drop,
+                                     fraction, first=((net, layers), metric), say=say, discard=lambda _t: None)
+        net, layers = res.path
+        if baseline - res.metric > max_drop:
+            raise CheckFailedError(
+                f"accuracy budget cannot be met by structured pruning: top-1 {100 * baseline:.2f}% -> "
+                f"{100 * res.metric:.2f}% even with every layer unpruned (prune less, or recover accuracy by "
+                "distillation); nothing written", path=src)
+        if all(layer.width_after == layer.width_before for layer in layers):
+            raise CheckFailedError(
+                f"accuracy budget cannot be met by structured pruning: the budget of {100 * max_drop:g} pts holds only "
+                "with no channel removed (prune less, or recover accuracy by distillation); nothing written", path=src)
+        reduced, ranking, trials = res.fractions, res.ranking, res.trials
+    path = scratch / "structured.onnx"
+    sp.export(model, net, path)
+    return path, layers, model.notes, reduced, ranking, trials
 
 
 def compress(
@@ -278,8 +299,8 @@ def compress(
         eval_data: .npz or dict with the inputs plus integer ``labels``: top-1 before/after.
         max_drop: largest acceptable top-1 drop (0.01 = one point); the layers that hurt most
             are left uncompressed (quantization) or pruned less, their fraction halved step by
-            step down to dense (unstructured pruning), or the whole model is pruned at half,
-            then a quarter of the fraction (structured pruning), until it holds.
+            step down to dense (pruning; structured trials are scored on the PyTorch module),
+            until it holds.
         bench_batches, bench_runs: latency measurement (runs 0: skipped).
         progress: called with a line per phase.
 
@@ -313,6 +334,7 @@ def compress(
     notes: list[str] = []
     structured_layers: tuple = ()
     reduced: tuple[tuple[str, float], ...] = ()
+    s_ranking, s_trials = (), 0
     try:
         base = work / "base.onnx"
         start = src
@@ -322,10 +344,9 @@ def compress(
             baseline = accuracy_control.top1(src, data)
         if structured:
             feeds = _example_feeds(specs, data, plan.calibration, source)
-            start, structured_layers, more, used = _structured(src, work, plan.prune, feeds, data, baseline, max_drop, say)
+            start, structured_layers, more, reduced, s_ranking, s_trials = _structured(
+                src, work, plan.prune, feeds, data, baseline, max_drop, say)
             notes += more
-            if used != plan.prune:
-                reduced = (("*", used),)
         if quantize in ("dynamic", "static"):
             say("quantization pre-processing")
             scratch = work / "preprocess"
@@ -342,8 +363,8 @@ def compress(
         result_path = runner.apply(frozenset())
         metric = accuracy_control.top1(result_path, data) if data is not None else None
         kept: tuple[str, ...] = ()
-        ranking: tuple = ()
-        trials = 1
+        ranking: tuple = s_ranking
+        trials = 1 + s_trials
         if data is not None and max_drop is not None and baseline - metric > max_drop and structured and not quantize:
             raise CheckFailedError(  # the exported model scores differently from the trial that met the budget
                 f"accuracy budget not met: top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}% after structured pruning "
@@ -362,7 +383,9 @@ def compress(
             else:  # pruning alone: prune the harmful layers less before leaving them dense
                 res = accuracy_control.relax(lambda fr: runner.apply(frozenset(), fr), candidates, evaluate, baseline,
                                              max_drop, plan.prune, first=(result_path, metric), say=say)
-            result_path, metric, kept, ranking, trials = Path(res.path), res.metric, res.kept, res.ranking, res.trials
+            result_path, metric, kept, ranking = Path(res.path), res.metric, res.kept, res.ranking
+            runner.layers = runner.layers_of.get(result_path, runner.layers)  # the chosen trial's, not the last one's
+            trials += res.trials - 1
             reduced += res.fractions
             if baseline - metric > max_drop:
                 raise CheckFailedError(
@@ -390,13 +413,13 @@ def compress(
         before = _stats(src, str(src), p50[0], baseline)
         after = _stats(result_path, str(dest), p50[1], metric)
         steps = plan.steps()
-        less = [(n, f) for n, f in reduced if f > 0 and n != "*"]
-        if reduced[:1] and reduced[0][0] == "*":
-            steps += (f"accuracy control: structured pruning at {reduced[0][1]:g} instead of {plan.prune:g} "
-                      "(the budget missed at larger fractions)",)
+        less = [(n, f) for n, f in reduced if f > 0]
         if less:
             steps += (f"accuracy control: pruned {len(less)} layer(s) less than {plan.prune:g}: "
                       + ", ".join(f"{n} at {f:g}" for n, f in less),)
+        dense = [n for n, f in reduced if f == 0 and n not in kept]
+        if dense:
+            steps += (f"accuracy control: left {len(dense)} layer(s) unpruned: {', '.join(dense)}",)
         if kept:
             steps += (f"accuracy control: kept {len(kept)} layer(s) uncompressed: {', '.join(kept)}",)
         detail = "; ".join(steps)

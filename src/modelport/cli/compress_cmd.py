@@ -36,10 +36,14 @@ def _layers_table(report) -> Table:
 
 def _widths_table(report) -> Table:
     table = Table(title="structured pruning: layer widths")
-    for col in ("module", "kind", "before", "after"):
+    reduced = dict(report.reduced_fractions)
+    for col in ("module", "kind", "fraction", "before", "after"):
         table.add_column(col)
     for layer in report.structured_layers:
-        table.add_row(layer.module, layer.kind, str(layer.width_before), str(layer.width_after))
+        fraction = "output, kept" if layer.fraction is None else f"{layer.fraction:g}"
+        if layer.module in reduced:
+            fraction += " (accuracy control)"
+        table.add_row(layer.module, layer.kind, fraction, str(layer.width_before), str(layer.width_after))
     return table
 
 

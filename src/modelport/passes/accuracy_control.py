@@ -8,13 +8,15 @@
 3. Leave the top 1, 2, 3, … layers alone until drop <= max_drop. If the budget needs every
    layer left alone, it cannot be met: the caller reports that and writes nothing.
 
-Pruning can do better than all-or-nothing (``relax``): a harmful layer is first pruned
+Pruning (unstructured, and structured on the PyTorch module) can do better than
+all-or-nothing (``relax``): a harmful layer is first pruned
 less, its fraction halved step by step, before it is left dense:
 
     f_l in  f, f/2, f/4, 0     for the most harmful layer, then the next, …
 
 (a layer is dense before the next most harmful one is relieved), so the layers that hurt
-least keep the full fraction.
+least keep the full fraction. Once the budget holds, the layers relieved before the last
+one get their fraction raised back, step by step, while it still holds.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class LayerSensitivity:
 
 @dataclasses.dataclass(frozen=True)
 class ControlResult:
-    path: str
+    path: object  # the model chosen: a path (ONNX passes) or whatever ``apply`` returned
     metric: float
     kept: tuple[str, ...]
     ranking: tuple[LayerSensitivity, ...]
@@ -154,16 +156,46 @@ def control(
     return ControlResult(str(path), metric, tuple(r.node for r in ranked), ranked, trials)
 
 
-def _rank(apply, candidates: Sequence[str], evaluate, say) -> tuple[LayerSensitivity, ...]:
+def _unlink(path) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def _rank(apply, candidates: Sequence[str], evaluate, say, discard=_unlink) -> tuple[LayerSensitivity, ...]:
     """Each candidate's metric with only it left uncompressed, most harmful (highest) first."""
     ranking = []
     for i, node in enumerate(candidates):
         say(f"sensitivity {i + 1}/{len(candidates)}: {node}")
         trial = apply(frozenset({node}))
         ranking.append(LayerSensitivity(node, evaluate(trial)))
-        Path(trial).unlink(missing_ok=True)
+        discard(trial)
     order = sorted(range(len(ranking)), key=lambda i: (-ranking[i].metric, i))
     return tuple(ranking[i] for i in order)
+
+
+def _tighten(apply, evaluate, baseline, max_drop, fraction, steps, reduced, best, say, discard):
+    """Once the budget holds, raise the earlier relieved layers' fractions back while it still does.
+
+    The greedy pass leaves a layer at its smallest step before relieving the next one; with
+    the later layers relieved too, an earlier one may take more pruning again.
+    """
+    path, metric = best
+    reduced = dict(reduced)
+    trials = 0
+    for node in list(reduced)[:-1]:
+        for share in sorted({*steps, 1.0}):
+            if fraction * share <= reduced[node]:
+                continue
+            trial = {**reduced, node: fraction * share}
+            say(f"pruning {node} at {fraction * share:g} again")
+            candidate = apply(trial)
+            score = evaluate(candidate)
+            trials += 1
+            if baseline - score > max_drop:
+                discard(candidate)
+                break
+            discard(path)
+            path, metric, reduced = candidate, score, trial
+    return path, metric, reduced, trials
 
 
 def relax(
@@ -177,6 +209,7 @@ def relax(
     first: tuple[Path, float] | None = None,
     steps: Sequence[float] = RELAX_STEPS,
     say: Callable[[str], None] = lambda _m: None,
+    discard: Callable[[object], None] = _unlink,
 ) -> ControlResult:
     """Prune the most harmful layers less, step by step, until ``baseline - metric <= max_drop``.
 
@@ -185,6 +218,7 @@ def relax(
         candidates: the pruned layers' node names, in graph order.
         fraction: the fraction every layer is pruned at before relief.
         steps: the reduced fractions tried per layer, as shares of ``fraction``, largest first.
+        discard: frees a trial that was not kept (default: deletes the file).
 
     Returns the first result within budget; ``fractions`` lists the layers pruned less with
     their fraction and ``kept`` those left dense (fraction 0). If every layer dense still
@@ -195,19 +229,21 @@ def relax(
         metric = evaluate(path)
     trials = 1
     if baseline - metric <= max_drop or not candidates:
-        return ControlResult(str(path), metric, (), (), trials)
-    ranked = _rank(lambda kept: apply(dict.fromkeys(kept, 0.0)), candidates, evaluate, say)
+        return ControlResult(path, metric, (), (), trials)
+    ranked = _rank(lambda kept: apply(dict.fromkeys(kept, 0.0)), candidates, evaluate, say, discard)
     trials += len(ranked)
     reduced: dict[str, float] = {}
     for r in ranked:
         for share in steps:
             reduced[r.node] = fraction * share
             say(f"pruning {r.node} at {reduced[r.node]:g} instead of {fraction:g}")
-            Path(path).unlink(missing_ok=True)
+            discard(path)
             path = apply(dict(reduced))
             metric = evaluate(path)
             trials += 1
             if baseline - metric <= max_drop:
-                return ControlResult(str(path), metric, tuple(n for n, f in reduced.items() if f == 0.0), ranked,
-                                     trials, tuple(reduced.items()))
-    return ControlResult(str(path), metric, tuple(r.node for r in ranked), ranked, trials, tuple(reduced.items()))
+                path, metric, reduced, more = _tighten(apply, evaluate, baseline, max_drop, fraction, steps, reduced,
+                                                       (path, metric), say, discard)
+                return ControlResult(path, metric, tuple(n for n, f in reduced.items() if f == 0.0), ranked,
+                                     trials + more, tuple((n, f) for n, f in reduced.items() if f < fraction))
+    return ControlResult(path, metric, tuple(r.node for r in ranked), ranked, trials, tuple(reduced.items()))

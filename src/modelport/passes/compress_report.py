@@ -41,9 +41,9 @@ class CompressReport:
     Attributes:
         steps: what was applied, in order (e.g. "prune 0.5 (layer)", "quantize static minmax per-channel").
         kept_float: nodes left uncompressed by accuracy control (float weights, no pruning).
-        reduced_fractions: (node, fraction) for the layers accuracy control pruned less than
-            asked (0: left dense), for unstructured pruning; for structured pruning, one
-            ("*", fraction) entry when the whole model was pruned at a smaller fraction.
+        reduced_fractions: (layer, fraction) for the layers accuracy control pruned less than
+            asked (0: left unpruned): ONNX node names (unstructured pruning) or PyTorch module
+            names (structured pruning, as in ``structured_layers``).
         sensitivity: the metric with each layer alone left uncompressed, most harmful first
             (empty when the first try met the budget).
         layers: per-layer sparsity of pruned weights (unstructured pruning).

@@ -23,7 +23,7 @@ import numpy as np
 
 from modelport.errors import BadInputError, UnsupportedError
 
-__all__ = ["StructuredLayer", "structured_prune"]
+__all__ = ["Prunable", "StructuredLayer", "export", "load", "prune", "structured_prune"]
 
 _RESHAPE = re.compile(r"^(\s*)(\w+) = (\w+)\.reshape\(-1, (\d+)\)$", re.M)
 
@@ -36,6 +36,7 @@ class StructuredLayer:
     kind: str
     width_before: int
     width_after: int
+    fraction: float | None = None  # the share asked for this layer (None: an output layer, never pruned)
 
 
 def _widths(net) -> dict[str, tuple[str, int]]:
@@ -117,6 +118,107 @@ def _rename_outputs(model, names: list[str]) -> None:
         vi.name = want
 
 
+@dataclasses.dataclass
+class Prunable:
+    """The model as a PyTorch module, loaded once; every trial prunes a copy of ``net``."""
+
+    net: object
+    names: list[str]
+    sig: object
+    feeds: dict[str, np.ndarray]
+    example: tuple
+    ignored: list  # modules whose output is a model output: never pruned
+    notes: list[str]
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of the prunable layers (Conv/Linear not producing a model output), in module order."""
+        ignored, widths = {id(m) for m in self.ignored}, _widths(self.net)
+        return [name for name, m in self.net.named_modules() if name in widths and id(m) not in ignored]
+
+
+def load(src: str | Path, work: str | Path, feeds: dict[str, np.ndarray]) -> Prunable:
+    """Compile the ONNX model to PyTorch (checked against onnxruntime on ``feeds``) for pruning."""
+    import onnx
+    import torch
+
+    from modelport.formats.onnx_format import graph_signature
+
+    notes: list[str] = []
+    sig = graph_signature(onnx.load(str(src), load_external_data=False))
+    names = sig.input_names
+    net = _load_module(Path(src), Path(work), feeds, names, notes)
+    if not _widths(net):
+        raise BadInputError("nothing to prune: no Conv or Linear layers in the model")
+    example = tuple(torch.from_numpy(feeds[n]) for n in names)
+    return Prunable(net, names, sig, feeds, example, _output_layers(net, example), notes)
+
+
+def prune(model: Prunable, fraction: float, fractions: dict[str, float] | None = None):
+    """A pruned copy of the module: (net, per-layer widths); ``fractions`` overrides per layer name (0: unpruned)."""
+    import copy
+
+    import torch_pruning as tp
+
+    if not 0.0 < fraction < 1.0:
+        raise BadInputError(f"prune fraction must be in (0, 1), got {fraction}")
+    own = dict(fractions or {})
+    bad = {k: f for k, f in own.items() if not 0.0 <= f < 1.0}
+    if bad:
+        raise BadInputError(f"per-layer prune fractions must be in [0, 1), got {bad}")
+    net = copy.deepcopy(model.net)
+    modules = dict(net.named_modules())
+    for p in net.parameters():
+        p.requires_grad_(True)
+    original = dict(model.net.named_modules())
+    position = {id(m): name for name, m in original.items()}
+    ignored = [modules[position[id(m)]] for m in model.ignored]
+    ignored += [modules[k] for k, f in own.items() if f == 0.0 and k in modules]
+    ratios = {modules[k]: f for k, f in own.items() if f > 0.0 and k in modules}
+    before = _widths(net)
+    try:
+        pruner = tp.pruner.MagnitudePruner(net, model.example, importance=tp.importance.MagnitudeImportance(p=2),
+                                           pruning_ratio=fraction, pruning_ratio_dict=ratios, ignored_layers=ignored)
+        pruner.step()
+        _run(net, model.feeds, model.names)
+    except Exception as exc:
+        raise UnsupportedError(f"Torch-Pruning could not prune this model: {type(exc).__name__}: {exc}"[:400]) from None
+    after = _widths(net)
+    layers = tuple(StructuredLayer(k, kind, w, after[k][1], None if k in {position[id(m)] for m in model.ignored}
+                                   else own.get(k, fraction))
+                   for k, (kind, w) in before.items() if k in after)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, layers
+
+
+def export(model: Prunable, net, dst: str | Path) -> None:
+    """Export a pruned module to ONNX (dynamic dims kept, the original's output names), checked against the module."""
+    import onnx
+    import torch
+
+    dims: dict[str, object] = {}  # one Dim per symbolic name, shared across inputs
+
+    def dim(spec_name: str, i: int, d) -> object:
+        key = d if isinstance(d, str) else f"{spec_name}_{i}"
+        if key not in dims:
+            ident = re.sub(r"\W", "_", key)
+            dims[key] = torch.export.Dim(ident if ident[:1].isalpha() else "d_" + ident)
+        return dims[key]
+
+    sig, names = model.sig, model.names
+    dynamic = {spec.name: ({i: dim(spec.name, i, d) for i, d in enumerate(spec.shape or ()) if not isinstance(d, int)} or None)
+               for spec in sig.inputs}
+    with _quiet_export():
+        program = torch.onnx.export(net, model.example, dynamo=True, input_names=names, output_names=sig.output_names,
+                                    dynamic_shapes=tuple(dynamic[n] for n in names), verbose=False)
+    proto = program.model_proto
+    _rename_outputs(proto, sig.output_names)
+    onnx.save(proto, str(dst))
+    _check_export(dst, net, model.feeds, names)
+
+
 def structured_prune(src: str | Path, dst: str | Path, fraction: float, work: str | Path,
                      feeds: dict[str, np.ndarray]) -> tuple[tuple[StructuredLayer, ...], list[str]]:
     """Remove ``fraction`` of the output channels of every prunable layer; write ONNX to ``dst``.
@@ -130,58 +232,14 @@ def structured_prune(src: str | Path, dst: str | Path, fraction: float, work: st
 
     Returns (per-layer widths, notes).
     """
-    import onnx
-    import torch
-    import torch_pruning as tp
-
-    from modelport.formats.onnx_format import graph_signature
-
     if not 0.0 < fraction < 1.0:
         raise BadInputError(f"prune fraction must be in (0, 1), got {fraction}")
-    notes: list[str] = []
-    sig = graph_signature(onnx.load(str(src), load_external_data=False))
-    names = sig.input_names
-    net = _load_module(Path(src), Path(work), feeds, names, notes)
-    example = tuple(torch.from_numpy(feeds[n]) for n in names)
-    before = _widths(net)
-    if not before:
-        raise BadInputError("nothing to prune: no Conv or Linear layers in the model")
-    for p in net.parameters():
-        p.requires_grad_(True)
-    ignored = _output_layers(net, example)
-    try:
-        pruner = tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                           pruning_ratio=fraction, ignored_layers=ignored)
-        pruner.step()
-        _run(net, feeds, names)
-    except Exception as exc:
-        raise UnsupportedError(f"Torch-Pruning could not prune this model: {type(exc).__name__}: {exc}"[:400]) from None
-    after = _widths(net)
-    layers = tuple(StructuredLayer(k, kind, w, after[k][1]) for k, (kind, w) in before.items() if k in after)
+    model = load(src, work, feeds)
+    net, layers = prune(model, fraction)
     if all(layer.width_after == layer.width_before for layer in layers):
         raise BadInputError("nothing to prune: every Conv/Linear layer produces a model output")
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    dims: dict[str, object] = {}  # one Dim per symbolic name, shared across inputs
-
-    def dim(spec_name: str, i: int, d) -> object:
-        key = d if isinstance(d, str) else f"{spec_name}_{i}"
-        if key not in dims:
-            ident = re.sub(r"\W", "_", key)
-            dims[key] = torch.export.Dim(ident if ident[:1].isalpha() else "d_" + ident)
-        return dims[key]
-
-    dynamic = {spec.name: ({i: dim(spec.name, i, d) for i, d in enumerate(spec.shape or ()) if not isinstance(d, int)} or None)
-               for spec in sig.inputs}
-    with _quiet_export():
-        program = torch.onnx.export(net, example, dynamo=True, input_names=names, output_names=sig.output_names,
-                                    dynamic_shapes=tuple(dynamic[n] for n in names), verbose=False)
-    model = program.model_proto
-    _rename_outputs(model, sig.output_names)
-    onnx.save(model, str(dst))
-    _check_export(dst, net, feeds, names)
-    return layers, notes
+    export(model, net, dst)
+    return layers, model.notes
 
 
 def _check_export(path: str | Path, net, feeds: dict[str, np.ndarray], names: list[str]) -> None:
