@@ -255,14 +255,19 @@ def _check_export(path: str | Path, net, feeds: dict[str, np.ndarray], names: li
 
 
 class _quiet_export:
-    """torch.onnx prints progress lines; keep the CLI's output ours."""
+    """torch.onnx prints progress lines and logs warnings (e.g. torchvision ops skipped); keep the CLI's output ours."""
 
     def __enter__(self):
         import contextlib
         import io
+        import logging
 
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        logger = logging.getLogger("torch.onnx")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        self._stack.callback(logger.setLevel, level)
         return self
 
     def __exit__(self, *exc):
