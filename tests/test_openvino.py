@@ -15,6 +15,7 @@ from modelport.convert.pipeline import convert  # noqa: E402
 from modelport.convert.registry import ConvertOptions  # noqa: E402
 from modelport.errors import ExportError  # noqa: E402
 from modelport.formats import detect, open_runner  # noqa: E402
+from modelport.specs import parse_input_spec  # noqa: E402
 
 
 def _max_rel(report) -> float:
@@ -71,3 +72,17 @@ def test_unconvertible_op_named_nothing_written(tmp_path):
     with pytest.raises(ExportError, match="Frobnicate"):
         convert(src, "openvino", tmp_path / "custom_ir")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.onnx"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pt2", "torchscript", "keras", "savedmodel"])
+def test_route_matrix(tmp_path, request, kind):
+    """Each source format reaches OpenVINO through ONNX, verified against the source."""
+    import zoo_tf
+
+    src = {"pt2": lambda: request.getfixturevalue("cnn_pt2"), "torchscript": lambda: request.getfixturevalue("cnn_traced"),
+           "keras": lambda: str(zoo_tf.cnn_keras()), "savedmodel": lambda: str(zoo_tf.module_savedmodel())}[kind]()
+    options = ConvertOptions(inputs=(parse_input_spec(zoo.CNN_INPUT),) if kind == "torchscript" else ())
+    report = convert(src, "openvino", tmp_path / "ir", options=options)
+    assert len(report.route) == 2 and report.route[-1] == "openvino"
+    assert report.parity.ok and _max_rel(report) <= 1e-4

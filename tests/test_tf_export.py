@@ -16,6 +16,7 @@ from modelport.convert.pipeline import convert  # noqa: E402
 from modelport.convert.registry import ConvertOptions, plan  # noqa: E402
 from modelport.errors import CheckFailedError, ExportError  # noqa: E402
 from modelport.formats import detect, open_runner  # noqa: E402
+from modelport.specs import parse_input_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here runs TensorFlow's converters (seconds each)
 
@@ -103,6 +104,30 @@ def test_pt2_to_tflite(tmp_path, cnn_pt2):
     report = convert(cnn_pt2, "tflite", out)
     assert report.route == ("torch.onnx export", "onnx2tf")
     assert report.parity.ok and _max_rel(report) <= 1e-4
+
+
+def _source(request, kind: str) -> str:
+    import zoo_tf
+
+    if kind == "pt2":
+        return request.getfixturevalue("cnn_pt2")
+    if kind == "torchscript":
+        return request.getfixturevalue("cnn_traced")
+    if kind == "keras":
+        return str(zoo_tf.cnn_keras())
+    return str(zoo_tf.module_savedmodel())
+
+
+@pytest.mark.parametrize(("kind", "to"), [("pt2", "savedmodel"), ("torchscript", "tflite"), ("keras", "savedmodel"),
+                                          ("savedmodel", "tflite")])
+def test_route_matrix(tmp_path, request, kind, to):
+    """Each source format reaches the TF formats through ONNX, verified against the source."""
+    out = tmp_path / ("model.tflite" if to == "tflite" else "model_saved_model")
+    options = ConvertOptions(inputs=(parse_input_spec(zoo.CNN_INPUT),) if kind == "torchscript" else ())
+    report = convert(_source(request, kind), to, out, options=options)
+    assert len(report.route) == 2 and report.route[-1] == "onnx2tf"
+    assert report.parity.ok and _max_rel(report) <= 1e-4
+    assert detect(out) == to
 
 
 def test_keras_mobilenetv2_to_tflite(tmp_path):
