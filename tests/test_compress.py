@@ -224,7 +224,9 @@ def test_dynamic_int8_bert_is_under_035x_with_latency_in_the_same_run(tiny_bert,
     monkeypatch.chdir(cwd)  # onnxruntime's failed symbolic shape inference writes into the cwd: not ours
     out = tmp_path / "bert.int8.onnx"
     report = compress(tiny_bert, out, quantize="dynamic", bench_runs=RUNS)
-    assert list(cwd.iterdir()) == []
+    # the path where onnxruntime's own SymbolicShapeInference.infer_shapes would dump files was taken ...
+    assert any("without symbolic shape inference (Exception: Incomplete" in n for n in report.notes), report.notes
+    assert list(cwd.iterdir()) == []  # ... and nothing was written there
     assert _only_input_left(tmp_path, "cwd", "bert.int8.onnx") == []
     assert report.size_ratio <= 0.35, report.size_ratio
     ops = {n.op_type for n in __import__("onnx").load(str(out)).graph.node}
