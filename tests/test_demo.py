@@ -1,4 +1,4 @@
-"""The demo: the main job end to end (Keras digits CNN -> ONNX -> PyTorch), through the CLI."""
+"""The demo: the main job end to end (Keras digits CNN -> ONNX -> PyTorch / TFLite, compressed), through the CLI."""
 
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ def test_demo_shows_equal_accuracy_across_formats(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert [(r["stage"], r["format"]) for r in report["rows"]] == [
-        ("trained", "keras"), ("converted", "onnx"), ("converted", "torch"),
+        ("trained", "keras"), ("converted", "onnx"), ("converted", "torch"), ("converted", "tflite"),
         ("pruned 50% + distilled", "onnx"), ("+ int8 static", "onnx"),
     ]
-    rows = {r["format"]: r for r in report["rows"][:3]}
-    student, student_int8 = report["rows"][3:]
+    rows = {r["format"]: r for r in report["rows"][:4]}
+    student, student_int8 = report["rows"][4:]
     assert rows["keras"]["accuracy"] > 0.85  # a real, trained model
     assert rows["onnx"]["accuracy"] == rows["keras"]["accuracy"]
     assert rows["torch"]["accuracy"] == rows["keras"]["accuracy"]
-    for fmt in ("onnx", "torch"):
+    assert rows["tflite"]["accuracy"] == rows["keras"]["accuracy"]
+    for fmt in ("onnx", "torch", "tflite"):
         assert rows[fmt]["parity"].startswith("ok"), rows[fmt]["parity"]
         assert rows[fmt]["p50_ms_batch1"] > 0 and rows[fmt]["p50_ms_batch8"] > 0
     # the compressed models are real (smaller) and still classify digits
@@ -34,3 +35,4 @@ def test_demo_shows_equal_accuracy_across_formats(tmp_path, capsys):
     assert (tmp_path / "digits_cnn.keras").is_file()
     assert (tmp_path / "digits_cnn.onnx").is_file()
     assert (tmp_path / "digits_cnn_torch" / "model.py").is_file()
+    assert (tmp_path / "digits_cnn.tflite").is_file()

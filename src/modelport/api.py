@@ -50,6 +50,8 @@ def convert(
     input_specs: SpecsLike = None,
     opset: int | None = None,
     dynamic_batch: bool = True,
+    tflite_dtype: str | None = None,
+    static_dims: str | None = None,
     verify: bool = True,
     inputs: str | Path | dict[str, np.ndarray] | None = None,
     dims: dict[str, int] | Sequence[str] | None = None,
@@ -59,12 +61,18 @@ def convert(
 ):
     """Convert ``src`` to format ``to`` (through ONNX where needed) and verify the result.
 
+    ``tflite_dtype`` (``float32`` or ``float16`` weights) and ``static_dims``
+    (``batch=1,sequence=128``: sizes for dims the TF/TFLite converter must freeze) concern
+    the ONNX -> savedmodel/tflite step.
+
     Returns a ConvertReport; raises CheckFailedError (nothing written) when parity fails.
     """
     from modelport.convert.pipeline import convert as run_pipeline
     from modelport.convert.registry import ConvertOptions
 
-    options = ConvertOptions(opset=opset, inputs=_specs(input_specs), weights=weights, dynamic_batch=dynamic_batch)
+    extra = tuple((k, v) for k, v in (("tflite_dtype", tflite_dtype), ("static_dims", static_dims)) if v is not None)
+    options = ConvertOptions(opset=opset, inputs=_specs(input_specs), weights=weights, dynamic_batch=dynamic_batch,
+                             extra=extra)
     return run_pipeline(src, to, out, src_format=src_format, options=options, verify=verify, inputs=inputs,
                         dims=_dims(dims), rtol=rtol, atol=atol, progress=progress)
 

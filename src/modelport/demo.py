@@ -1,6 +1,6 @@
 """The main job, end to end, on an embedded default: a Keras CNN trained on scikit-learn's digits.
 
-Train (seconds) -> convert Keras -> ONNX and Keras -> ONNX -> PyTorch (each verified against
+Train (seconds) -> convert Keras -> ONNX, -> PyTorch and -> TFLite (each verified against
 Keras) -> 50% structured pruning + distillation + int8 static (each under an accuracy budget)
 -> test-set accuracy of each -> bench each.
 Each later capability adds its column: PyTorch (ONNX -> torch), TFLite, compression.
@@ -165,6 +165,9 @@ def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: C
         say("converting ONNX -> PyTorch (verified against Keras)")
         torch_report = convert(keras_path, "torch", work / "digits_cnn_torch")
         models.append(("converted", "torch", torch_report.artifact.path, _parity(torch_report)))
+        say("converting ONNX -> TFLite (verified against Keras)")
+        tflite_report = convert(keras_path, "tflite", work / "digits_cnn.tflite")
+        models.append(("converted", "tflite", tflite_report.artifact.path, _parity(tflite_report)))
         models.extend(_compress_chain(work, onnx_path, x_train, y_train, x_test, y_test, say))
         say("measuring test accuracy")
         accs = [accuracy(path, x_test, y_test) for _, _, path, _ in models]

@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         input: InputOpt = None,
         opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset to export at.")] = None,
         static_batch: Annotated[bool, typer.Option("--static-batch", help="Keep the batch dim static (default: dynamic).")] = False,
+        tflite_dtype: Annotated[Optional[str], typer.Option("--tflite-dtype", help="TFLite weights: float32 or float16 (I/O stay float32).")] = None,
+        static_dims: Annotated[Optional[str], typer.Option("--static-dims", help="Sizes for dims TF/TFLite must freeze, e.g. batch=1,sequence=128.")] = None,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the parity check.")] = False,
         inputs: Annotated[Optional[str], typer.Option("--inputs", help="Verify on these inputs (.npz keyed by input name).")] = None,
         dim: DimOpt = None,
@@ -38,7 +40,7 @@ def register(app: typer.Typer) -> None:
         with progress(not as_json, f"converting {src} -> {to}") as update:
             report = api.convert(
                 src, to, out, src_format=src_format, weights=weights, input_specs=input, opset=opset,
-                dynamic_batch=not static_batch, verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol,
+                dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims, verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol,
                 progress=update,
             )
         if as_json:

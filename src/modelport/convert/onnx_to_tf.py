@@ -351,4 +351,5 @@ def onnx_to_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResu
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, f"tflite {dtype}"),
-                           warnings=(run.note,) if run.note else ())
+                           warnings=(run.note,) if run.note else (),
+                           tolerance=(1e-2, 1e-3) if dtype == "float16" else None)

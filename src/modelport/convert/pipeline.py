@@ -158,6 +158,7 @@ def convert(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
     steps: list[StepRecord] = []
     warnings: list[str] = []
+    tolerances: list[tuple[float, float]] = []
     try:
         current = src
         for i, edge in enumerate(route):
@@ -167,10 +168,14 @@ def convert(
                 progress(f"{edge.src} -> {edge.dst} ({edge.name})")
             res = edge.fn(current, str(step_out), options if i == 0 else dataclasses.replace(options, weights=None, inputs=()))
             warnings.extend(res.warnings)
+            if res.tolerance:
+                tolerances.append(res.tolerance)
             steps.append(StepRecord("convert", edge.src, edge.dst, res.tool, res.versions, res.detail))
             current = str(step_out)
         parity = None
         if verify:
+            if rtol is None and atol is None and tolerances:
+                rtol, atol = max(t[0] for t in tolerances), max(t[1] for t in tolerances)
             if progress:
                 progress("verifying parity")
             with open_runner(src, fmt, LoadOptions(weights=options.weights, inputs=options.inputs)) as ra, \

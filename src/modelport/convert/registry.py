@@ -39,8 +39,9 @@ class ConverterResult:
     versions: tuple[tuple[str, str], ...] = ()
     detail: str = ""
     warnings: tuple[str, ...] = ()
-    # Shapes to verify at (name -> list of input-shape dicts) when the converter knows better.
-    verify_hint: str = ""
+    # (rtol, atol) the result should be verified at when the caller sets none: a converter that
+    # stores weights in lower precision (float16 TFLite) says so, the I/O dtypes cannot.
+    tolerance: tuple[float, float] | None = None
 
 
 ConverterFn = Callable[[str, str, ConvertOptions], ConverterResult]
