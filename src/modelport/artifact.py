@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["Dim", "TensorSpec", "Signature", "StepRecord", "Artifact", "to_jsonable"]
@@ -96,10 +94,3 @@ def to_jsonable(value: Any) -> Any:
         return None
     return value
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(to_jsonable(value), indent=2)
-
-
-def specs(items: Iterable[TensorSpec]) -> tuple[TensorSpec, ...]:
-    return tuple(items)
