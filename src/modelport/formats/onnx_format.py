@@ -45,6 +45,17 @@ def load_model(path: str | Path, *, load_external_data: bool = True) -> onnx.Mod
     return model
 
 
+def iter_nodes(graph: onnx.GraphProto):
+    """Every node of a graph, subgraph nodes (If/Loop/Scan bodies) included, depth first."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from iter_nodes(a.g)
+            for g in a.graphs:
+                yield from iter_nodes(g)
+
+
 def np_dtype(elem_type: int) -> str:
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name

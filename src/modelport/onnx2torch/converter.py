@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from modelport.formats.onnx_format import iter_nodes
 from modelport.onnx2torch import codegen, dtypes, registry
 
 MODEL_FILE = "model.py"
@@ -73,16 +74,6 @@ def _opsets(model: onnx.ModelProto) -> dict[str, int]:
     for imp in model.opset_import:
         out["" if imp.domain in registry.DEFAULT_DOMAINS else imp.domain] = imp.version
     return out
-
-
-def _walk(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _walk(a.g)
-            for g in a.graphs:
-                yield from _walk(g)
 
 
 #: initializers with more elements than this are typed graph inputs in the copy that shape
@@ -152,7 +143,7 @@ def _value_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
 def _outer_refs(graph: onnx.GraphProto) -> set[str]:
     defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
     used = set()
-    for node in _walk(graph):
+    for node in iter_nodes(graph):
         used.update(node.input)
         defined.update(node.output)
     used.update(o.name for o in graph.output)
@@ -169,7 +160,7 @@ def _check(model: onnx.ModelProto, types: dict | None = None) -> list[Unsupporte
     opsets = _opsets(model)
     types = _value_types(model) if types is None else types
     found: list[Unsupported] = []
-    for node in _walk(model.graph):
+    for node in iter_nodes(model.graph):
         domain = "" if node.domain in registry.DEFAULT_DOMAINS else node.domain
         opset = opsets.get(domain)
         fn, reason = registry.dispatch(domain, node.op_type, opset)
@@ -190,7 +181,7 @@ def _trainable(graph: onnx.GraphProto) -> set[str]:
     floats = {i.name for i in graph.initializer
               if i.data_type in dtypes.FLOATS and len(i.dims) >= 1 and np.prod(i.dims) > 1}
     out = set()
-    for node in _walk(graph):
+    for node in iter_nodes(graph):
         if node.op_type in codegen.NON_DIFFERENTIABLE:
             continue
         out.update(n for n in node.input if n in floats)
@@ -203,7 +194,7 @@ def generate(model: onnx.ModelProto, types: dict | None = None) -> tuple[str, di
     types = _value_types(model) if types is None else types
     ms = codegen.ModuleState(types=types, opsets=_opsets(model),
                              trainable=_trainable(model.graph))
-    for node in _walk(model.graph):
+    for node in iter_nodes(model.graph):
         for i in node.input:
             ms.consumers.setdefault(i, []).append(node)
         for a in node.attribute:

@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 import onnx.defs
 
+from modelport.formats.onnx_format import iter_nodes
 from modelport.targets.profile import Profile, load_profile, norm_domain
 
 __all__ = ["Problem", "CheckReport", "check_model", "check"]
@@ -81,16 +82,6 @@ class CheckReport:
 def _dtype_name(elem_type: int) -> str:
     name = onnx.TensorProto.DataType.Name(elem_type).lower()
     return {"float": "float32", "double": "float64"}.get(name, name)
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(a.g)
-            for g in a.graphs:
-                yield from _nodes(g)
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
@@ -184,7 +175,7 @@ def _op_problems(model: onnx.ModelProto, profile: Profile, opsets: dict[str, int
     problems: list[Problem] = []
     local = {(f.domain, f.name) for f in model.functions}
     bad_dtypes: dict[str, list[str]] = {}
-    nodes = list(_nodes(model.graph)) + [n for f in model.functions for n in f.node]
+    nodes = list(iter_nodes(model.graph)) + [n for f in model.functions for n in f.node]
     for i, node in enumerate(nodes):
         domain = norm_domain(node.domain)
         if (node.domain, node.op_type) in local or (domain == "" and node.op_type in DATA_OPS):
@@ -255,7 +246,7 @@ def _boundary_problems(model: onnx.ModelProto, profile: Profile) -> tuple[list[P
 def check_model(model: onnx.ModelProto, target: str | Path | Profile, *, path: str = "") -> CheckReport:
     """Check an in-memory ONNX model against a target profile; lists every problem at once."""
     profile = load_profile(target)
-    used = {norm_domain(n.domain) for n in _nodes(model.graph)} | {norm_domain(n.domain) for f in model.functions for n in f.node}
+    used = {norm_domain(n.domain) for n in iter_nodes(model.graph)} | {norm_domain(n.domain) for f in model.functions for n in f.node}
     problems, opsets, effective = _opset_problems(model, profile, used)
     caveats: dict[tuple[str, str], list[str]] = {}
     cast_nodes: dict[str, list[str]] = {}

@@ -27,6 +27,7 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from modelport.errors import BadInputError, UnsupportedError
+from modelport.formats.onnx_format import iter_nodes
 
 __all__ = ["MIN_OPSET", "max_opset", "model_opset", "convert_opset", "OpsetResult", "missing_at"]
 
@@ -63,25 +64,15 @@ def missing_at(op_type: str, opset: int, domain: str = "") -> bool:
         return True
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-            for g in a.graphs:
-                yield from _all_nodes(g)
-
-
 def _decompose_missing(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, list[str]]:
     from modelport.passes.adapt.rules import apply_rule, find_rule
 
-    missing = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain in ("", "ai.onnx") and missing_at(n.op_type, target)})
+    missing = sorted({n.op_type for n in iter_nodes(model.graph) if n.domain in ("", "ai.onnx") and missing_at(n.op_type, target)})
     if not missing:
         return model, []
     no_rule = [op for op in missing if find_rule(op, "decompose") is None]
     if no_rule:
-        names = [f"{n.name or '?'} ({n.op_type})" for n in _all_nodes(model.graph) if n.op_type in no_rule][:8]
+        names = [f"{n.name or '?'} ({n.op_type})" for n in iter_nodes(model.graph) if n.op_type in no_rule][:8]
         raise UnsupportedError(f"opset {target} has no {', '.join(no_rule)} and modelport has no exact decomposition for it "
                                f"(nodes: {', '.join(names)}); no automatic fix")
     irm = ir.serde.deserialize_model(model)
@@ -144,7 +135,7 @@ def _changed_type_only(op: str, version: int) -> bool:
 
 def _strip_default_noop(model: onnx.ModelProto) -> None:
     """``noop_with_empty_axes=0`` is the default; the converter's axes adapters leave it behind."""
-    for node in _all_nodes(model.graph):
+    for node in iter_nodes(model.graph):
         if node.op_type.startswith("Reduce"):
             for a in list(node.attribute):
                 if a.name == "noop_with_empty_axes" and a.i == 0:
@@ -277,7 +268,7 @@ def _hold_op(model: onnx.ModelProto, op: str, version: int, down: bool, dropped:
     exact: a type-only schema change, new optional attributes left at their defaults, or our own adapter."""
     consts = _constant_values(model)
     held = 0
-    for node in _all_nodes(model.graph):
+    for node in iter_nodes(model.graph):
         if node.domain not in ("", "ai.onnx") or node.op_type != op:
             continue
         adapter = _DOWN_ADAPTERS.get((op, version)) if down else None
@@ -320,7 +311,7 @@ def _step(model: onnx.ModelProto, src: int, dst: int, dropped: list[str]) -> tup
                     continue
             where = ""
             if op:
-                nodes = [n.name or "?" for n in _all_nodes(model.graph) if n.op_type == op][:6]
+                nodes = [n.name or "?" for n in iter_nodes(model.graph) if n.op_type == op][:6]
                 where = f" ({op} nodes: {', '.join(nodes)}; no automatic fix)" if nodes else ""
             raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {dst}{where}: {msg}") from None
     _release(out)
@@ -328,7 +319,7 @@ def _step(model: onnx.ModelProto, src: int, dst: int, dropped: list[str]) -> tup
 
 
 def _release(model: onnx.ModelProto) -> None:
-    for node in _all_nodes(model.graph):
+    for node in iter_nodes(model.graph):
         if node.domain == HOLD_DOMAIN:
             node.domain = ""
     for imp in list(model.opset_import):
