@@ -56,6 +56,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import zoo  # noqa: E402  (the test models, shared with the benchmarks)
+
 RUNS = ("cnn-static", "cnn-fp16", "cnn-prune50", "cnn-prune-control", "cnn-structured-control", "cnn-chain",
         "resnet-structured", "mlp-control", "bert-dynamic", "bert-int4")
 
@@ -142,32 +145,8 @@ def build_mlp(d: Path, data) -> dict:
 
 def build_resnet(d: Path) -> str:
     import torch
-    from torch import nn
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride, groups=1):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
-            self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
-            self.down = None if stride == 1 and cin == cout else nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(y + (x if self.down is None else self.down(x)))
-
-    class TinyResNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-            self.layer1, self.layer2, self.layer3 = Block(16, 16, 1), Block(16, 32, 2, groups=4), Block(32, 32, 1, groups=32)
-            self.fc = nn.Linear(32, 10)
-
-        def forward(self, x):
-            return self.fc(self.layer3(self.layer2(self.layer1(self.stem(x)))).mean((2, 3)))
-
-    torch.manual_seed(0)
-    model = TinyResNet().eval()
+    model = zoo.tiny_resnet()
     return export(model, torch.randn(2, 3, 16, 16), d / "resnet.onnx")
 
 

@@ -14,6 +14,8 @@ from modelport.artifact import to_jsonable
 from modelport.compress import compress
 from modelport.errors import BadInputError, CheckFailedError, ModelportError
 
+import zoo
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RUNS = 5  # latency runs per model and batch: measured, but kept cheap in tests
@@ -332,30 +334,7 @@ def tiny_resnet(tmp_path_factory) -> str:
     import torch
     from torch import nn
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride, groups=1):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
-            self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
-            self.down = None if stride == 1 and cin == cout else nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(y + (x if self.down is None else self.down(x)))
-
-    class TinyResNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-            self.layer1, self.layer2, self.layer3 = Block(16, 16, 1), Block(16, 32, 2, groups=4), Block(32, 32, 1, groups=32)
-            self.fc = nn.Linear(32, 10)
-
-        def forward(self, x):
-            return self.fc(self.layer3(self.layer2(self.layer1(self.stem(x)))).mean((2, 3)))
-
-    torch.manual_seed(0)
-    model = TinyResNet().eval()
+    model = zoo.tiny_resnet()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -331,3 +331,36 @@ def write_fallback_model(directory: str | Path) -> TorchModel:
 def write_unexportable_model(directory: str | Path) -> TorchModel:
     """A module that both the dynamo and the TorchScript exporters fail on."""
     return _write_source(directory, "unexportable.py", UNEXPORTABLE_SOURCE, "NumpyRoundTrip", ("x:1x4:float32",))
+
+
+
+def tiny_resnet(seed: int = 0):
+    """A small ResNet-style CNN with seeded random weights, in eval mode: residual adds, a strided
+    block with a 1x1 downsample, a grouped (4 groups) and a depthwise 3x3 conv, global pooling."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, groups: int = 1) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
+            self.down = None if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(y + (x if self.down is None else self.down(x)))
+
+    class TinyResNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+            self.layer1, self.layer2, self.layer3 = Block(16, 16, 1), Block(16, 32, 2, groups=4), Block(32, 32, 1, groups=32)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(self.layer3(self.layer2(self.layer1(self.stem(x)))).mean((2, 3)))
+
+    torch.manual_seed(seed)
+    return TinyResNet().eval()
