@@ -203,3 +203,59 @@ def test_no_calibration_download(tmp_path, monkeypatch):
     assert report.parity.ok
     assert os.getcwd() == cwd
     assert not (Path(cwd) / "calibration_image_sample_data_20x128x128x3_float32.npy").exists()
+
+
+def _feature_map_onnx(directory: Path, channels: int, height: int, width: int) -> str:
+    """conv -> relu -> conv, exported with dynamic batch: output N x channels x height x width."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(6, channels, 3, padding=1)).eval()
+    path = directory / f"fmap_{channels}x{height}x{width}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (torch.randn(2, 3, height, width),), dynamo=True, input_names=["x"],
+                                    output_names=["y"], dynamic_shapes=({0: "batch"},), verbose=False)
+    program.save(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("to", ["tflite", "savedmodel"])
+@pytest.mark.parametrize("chw", [(4, 6, 7), (8, 8, 8)], ids=["distinct-dims", "equal-dims"])
+def test_feature_map_output_keeps_onnx_layout(tmp_path, to, chw):
+    """onnx2tf returns a 4-D output channels-last; it comes back N x C x H x W, as ONNX has it.
+
+    With C == H == W both layouts have the same shape: the values must have decided, and
+    the converted model's output equals onnxruntime's as it is, not merely after a transpose.
+    """
+    from modelport import api
+
+    src = _feature_map_onnx(tmp_path, *chw)
+    out = tmp_path / ("fmap.tflite" if to == "tflite" else "fmap_saved_model")
+    report = api.convert(src, to, out)
+    assert report.parity.ok and _max_rel(report) <= 1e-4
+    assert "outputs transposed back to ONNX layout: output_0" in report.artifact.lineage[-1].detail
+    x = np.random.default_rng(5).normal(size=(3, 3, chw[1], chw[2])).astype(np.float32)
+    with open_runner(src) as ref, open_runner(out) as conv:
+        assert [o.name for o in conv.signature.outputs] == ["output_0"]  # onnx2tf's name, as before
+        assert conv.signature.outputs[0].shape[1:] == chw
+        want, got = ref.run({"x": x})["y"], conv.run({"x": x})["output_0"]
+    assert got.shape == want.shape == (3, *chw)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_feature_map_output_float16_tflite(tmp_path):
+    """The .tflite made again from the layout-restored SavedModel keeps float16 weights when asked."""
+    from modelport import api
+
+    src = _feature_map_onnx(tmp_path, 4, 6, 7)
+    out = tmp_path / "fmap_fp16.tflite"
+    report = api.convert(src, "tflite", out, tflite_dtype="float16")
+    assert report.parity.ok
+    assert report.artifact.signature.outputs[0].shape[1:] == (4, 6, 7)
+    with open_runner(out) as r:
+        dtypes = {np.dtype(t["dtype"]).name for t in r.interp.get_tensor_details()}
+    assert "float16" in dtypes and r.signature.outputs[0].dtype == "float32"

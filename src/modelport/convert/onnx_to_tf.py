@@ -15,6 +15,14 @@ Two things onnx2tf does that we do not let it do:
   checked up front against its op modules, and any failure becomes an ExportError
   naming the op and node.
 
+onnx2tf also returns 3-5-D feature-map outputs channels-last (NHWC) where ONNX has them
+channels-first. Which outputs it transposed is settled by running the converted SavedModel
+and the ONNX model (onnxruntime) on one random input: an output whose shape is only the
+channels-last permutation of the ONNX one is transposed; where both layouts fit the shape
+(equal dims), the values decide, and a tie leaves it as it is. Those outputs get transposed
+back in a wrapping serving function, re-saved as the SavedModel; the .tflite is then made
+from that SavedModel with TF's converter, as onnx2tf makes it.
+
 TFLite comes in float32 (default) or float16 weights (``ConvertOptions.extra``
 ``tflite_dtype="float16"``; inputs and outputs stay float32).
 """
@@ -306,11 +314,110 @@ def _versions() -> tuple[tuple[str, str], ...]:
     return (("onnx2tf", onnx2tf.__version__), ("tensorflow", tf.__version__))
 
 
-def _detail(run: _Run, extra: str = "") -> str:
+def _detail(run: _Run, extra: str = "", restored: list[str] = ()) -> str:
     parts = [f"inputs kept in ONNX layout: {', '.join(run.kept)}" if run.kept else "no input layout change"]
+    if restored:
+        parts.append(f"outputs transposed back to ONNX layout: {', '.join(restored)}")
     if run.frozen:
         parts.append("static dims " + ", ".join(f"{k}={v}" for k, v in run.frozen.items()))
     return "; ".join(parts + ([extra] if extra else []))
+
+
+def _to_channels_first(rank: int) -> list[int]:
+    """The permutation taking a channels-last tensor back to channels-first: [0, 3, 1, 2] for 4-D."""
+    return [0, rank - 1, *range(1, rank - 1)]
+
+
+def _transposed_outputs(src: str, folder: Path) -> dict[str, list[int]]:
+    """Outputs of the SavedModel in ``folder`` that onnx2tf left channels-last: ``{its name: perm back}``.
+
+    Both models run on the same random input. An output whose shape fits only the
+    channels-last permutation of the ONNX output is transposed; where both layouts fit
+    (equal dims), the layout with the smaller max abs difference to onnxruntime wins, and a
+    tie (values symmetric under the permutation) leaves it as it is. Any output or model
+    this cannot run leaves it as it is too: verification judges it afterwards.
+    """
+    from modelport.formats import open_runner
+    from modelport.verify.inputs import make_inputs
+    from modelport.verify.parity import match_names
+
+    with open_runner(src, "onnx") as ref:
+        if not any(o.shape is not None and 3 <= len(o.shape) <= 5 for o in ref.signature.outputs):
+            return {}
+        with open_runner(folder, "savedmodel") as conv:
+            feeds = make_inputs(conv.signature.inputs, seed=0, bounds=ref.index_bounds())[0]
+            try:
+                # onnx2tf names SavedModel outputs output_0, ...: paired as verification pairs them
+                pairs = match_names([o.name for o in ref.signature.outputs], [o.name for o in conv.signature.outputs],
+                                    "outputs")
+                want = ref.run(feeds)
+                got = conv.run(feeds)
+            except Exception:  # noqa: BLE001 - the check cannot run; verification judges the model
+                return {}
+    found: dict[str, list[int]] = {}
+    for name, a in want.items():
+        b = got.get(pairs.get(name, ""))
+        if b is None or not 3 <= a.ndim <= 5 or a.ndim != b.ndim:
+            continue
+        perm = _to_channels_first(a.ndim)
+        back = np.transpose(b, perm)
+        if back.shape != a.shape:
+            continue
+        if b.shape == a.shape:  # both layouts fit: the values decide
+            if not np.issubdtype(a.dtype, np.number):
+                continue
+            a64 = a.astype(np.float64)
+            same, swapped = (float(np.max(np.abs(x.astype(np.float64) - a64), initial=0.0)) for x in (b, back))
+            if not swapped < same:
+                continue
+        found[pairs[name]] = perm
+    return found
+
+
+def _wrap_outputs(folder: Path, perms: dict[str, list[int]]) -> None:
+    """Re-save the SavedModel in ``folder`` with a serving function that transposes ``perms``' outputs."""
+    import tensorflow as tf
+
+    from modelport.formats.savedmodel import load_signature_fn
+
+    loaded, fn = load_signature_fn(str(folder))
+    _, kw = fn.structured_input_signature
+    names = sorted(kw)
+    specs = [tf.TensorSpec(kw[n].shape, kw[n].dtype, name=n) for n in names]
+
+    def serve(*args):
+        out = fn(**dict(zip(names, args)))
+        return {k: tf.transpose(v, perms[k]) if k in perms else v for k, v in out.items()}
+
+    module = tf.Module()
+    module.model = loaded  # keeps the variables
+    module.serve = tf.function(serve, input_signature=specs)
+    fresh = folder.with_name(folder.name + ".wrapped")
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        tf.saved_model.save(module, str(fresh), signatures={"serving_default": module.serve.get_concrete_function()})
+    shutil.rmtree(folder)
+    os.replace(fresh, folder)
+
+
+def _saved_model_to_tflite(folder: Path, dest: Path, dtype: str) -> None:
+    """A .tflite from a SavedModel with TF's converter, with onnx2tf's settings."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    if dtype == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        dest.write_bytes(converter.convert())
+
+
+def _restore_output_layout(src: str, folder: Path) -> list[str]:
+    """Transpose channels-last outputs of the SavedModel back to the ONNX layout; their names."""
+    perms = _transposed_outputs(src, folder)
+    if perms:
+        _wrap_outputs(folder, perms)
+    return sorted(perms)
 
 
 def _flex_ops(path: Path) -> list[str]:
@@ -327,7 +434,8 @@ def onnx_to_savedmodel(src: str, out: str, options: ConvertOptions) -> Converter
     run = _run_onnx2tf(src, folder, options)
     for extra in folder.glob("*.tflite"):
         extra.unlink()
-    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run),
+    restored = _restore_output_layout(src, folder)
+    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, restored=restored),
                            warnings=(run.note,) if run.note else ())
 
 
@@ -340,16 +448,26 @@ def onnx_to_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResu
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.onnx2tf-", dir=dest.parent))
     try:
         # Erf is no TFLite builtin: onnx2tf writes it as Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).
-        run = _run_onnx2tf(src, work / "saved_model", options, pseudo=("erf",))
-        found = sorted((work / "saved_model").glob(f"*_{dtype}.tflite"))
+        saved = work / "saved_model"
+        run = _run_onnx2tf(src, saved, options, pseudo=("erf",))
+        found = sorted(saved.glob(f"*_{dtype}.tflite"))
         if not found:
             raise ExportError(f"onnx2tf wrote no {dtype} .tflite file", path=src)
+        restored = _restore_output_layout(src, saved)
+        if restored:  # onnx2tf's .tflite has them channels-last: made again from the wrapped SavedModel
+            tflite = work / f"restored_{dtype}.tflite"
+            try:
+                _saved_model_to_tflite(saved, tflite, dtype)
+            except Exception as exc:  # noqa: BLE001 - TF's converter raises many types
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"TFLite conversion of the layout-restored model failed: {msg}"[:400], path=src) from None
+            found = [tflite]
         flex = _flex_ops(found[0])
         if flex:
             raise ExportError(f"the TFLite model needs TensorFlow ops that are no TFLite builtins: {', '.join(flex)}", path=src)
         os.replace(found[0], dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, f"tflite {dtype}"),
+    return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, f"tflite {dtype}", restored),
                            warnings=(run.note,) if run.note else (),
                            tolerance=(1e-2, 1e-3) if dtype == "float16" else None)
