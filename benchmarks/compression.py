@@ -151,29 +151,7 @@ def build_resnet(d: Path) -> str:
 
 
 def build_bert(d: Path) -> str:
-    import torch
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-                        vocab_size=1000, max_position_embeddings=128)
-    torch.manual_seed(0)
-    bert = BertModel(config).eval()
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    ids = torch.randint(0, 1000, (2, 16))
-    b, s = torch.export.Dim("batch"), torch.export.Dim("sequence", max=128)
-    program = torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), dynamo=True,
-                                input_names=["input_ids", "attention_mask"],
-                                dynamic_shapes={"input_ids": {0: b, 1: s}, "attention_mask": {0: b, 1: s}}, verbose=False)
-    program.save(str(d / "bert.onnx"))
-    return str(d / "bert.onnx")
+    return zoo.write_bert_encoder_onnx(d / "bert.onnx")
 
 
 def print_report(title: str, report, console) -> None:

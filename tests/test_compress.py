@@ -129,31 +129,7 @@ def outlier_mlp(tmp_path_factory, digits):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """BERT (hidden 256, 4 layers, 4 heads, intermediate 512, vocab 1000) -> last hidden state."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-                        vocab_size=1000, max_position_embeddings=128)
-    torch.manual_seed(0)
-    bert = BertModel(config).eval()
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    ids = torch.randint(0, 1000, (2, 16))
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=128)
-    program = torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), dynamo=True,
-                                input_names=["input_ids", "attention_mask"],
-                                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                                verbose=False)
-    path = tmp_path_factory.mktemp("bert") / "bert.onnx"
-    program.save(str(path))
-    return str(path)
+    return zoo.write_bert_encoder_onnx(tmp_path_factory.mktemp("bert") / "bert.onnx")
 
 
 @pytest.fixture(scope="session")
