@@ -24,13 +24,16 @@ def feeds_for(
     bounds: dict[str, int] | None = None,
     specs: tuple[TensorSpec, ...] | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], str]:
-    """The feed dicts to compare on, and where they came from."""
+    """The feed dicts to compare on, and where they came from.
+
+    ``bounds`` are table sizes for integer inputs the runner cannot bound itself.
+    """
     specs = specs or runner.signature.inputs
     if inputs is not None:
         data = load_npz(inputs) if not isinstance(inputs, dict) else inputs
         source = str(inputs) if not isinstance(inputs, dict) else "given arrays"
         return [check_feeds(data, specs, source, extra_ok=("labels",))], source
-    merged = {**runner.index_bounds(), **(bounds or {})}
+    merged = {**(bounds or {}), **runner.index_bounds()}  # the runner's own bounds win
     return make_inputs(specs, seed=seed, dims=dims, bounds=merged), f"random (seed {seed})"
 
 
@@ -61,12 +64,9 @@ def compare_runners(
     inputs): convert passes the converted model's, which may have more dynamic dims.
     """
     mapping = match_names(a.signature.input_names, b.signature.input_names, "inputs")
-    bounds_b = {k: v for k, v in b.index_bounds().items()}
-    bounds = {}
-    for name_a, name_b in mapping.items():
-        if name_b in bounds_b:
-            bounds[name_a] = bounds_b[name_b]
-    feeds, source = feeds_for(a, inputs=inputs, dims=dims, seed=seed, bounds={**bounds, **a.index_bounds()}, specs=specs)
+    bounds_b = b.index_bounds()  # a fallback where A cannot tell (e.g. a torch module vs its ONNX)
+    bounds = {name_a: bounds_b[name_b] for name_a, name_b in mapping.items() if name_b in bounds_b}
+    feeds, source = feeds_for(a, inputs=inputs, dims=dims, seed=seed, bounds=bounds, specs=specs)
     runs = []
     for feed in feeds:
         ref = a.run(feed)
