@@ -175,17 +175,22 @@ def _split_18_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[st
         node.input[1] = name
 
 
-def _static_dim(model: onnx.ModelProto, name: str, axis: int) -> int | None:
+def _inferred_dims(model: onnx.ModelProto, name: str) -> list | None:
+    """The shape dims (TensorShapeProto.Dimension) of value ``name`` after shape inference; None if unknown."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:
         return None
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            dims = vi.type.tensor_type.shape.dim
-            d = dims[axis] if -len(dims) <= axis < len(dims) else None
-            return int(d.dim_value) if d is not None and d.HasField("dim_value") else None
+            return list(vi.type.tensor_type.shape.dim)
     return None
+
+
+def _static_dim(model: onnx.ModelProto, name: str, axis: int) -> int | None:
+    dims = _inferred_dims(model, name)
+    d = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
+    return int(d.dim_value) if d is not None and d.HasField("dim_value") else None
 
 
 def _drop_new_default_attrs(node: onnx.NodeProto, version: int) -> bool:
@@ -246,14 +251,8 @@ def _softmax_13_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[
 
 
 def _rank(model: onnx.ModelProto, name: str) -> int | None:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        return None
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            return len(vi.type.tensor_type.shape.dim)
-    return None
+    dims = _inferred_dims(model, name)
+    return None if dims is None else len(dims)
 
 
 # Our adapters for down-conversions the converter lacks: (op, version) -> rewrite into the version-1 form.
