@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
         with progress(not as_json, f"converting {src} -> {to}") as update:
             report = api.convert(
                 src, to, out, src_format=src_format, weights=weights, input_specs=input, opset=opset,
-                dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims, verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol,
-                progress=update,
+                dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims,
+                verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol, progress=update,
             )
         if as_json:
             emit_json(report)
