@@ -1,38 +1,49 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install -c constraints.txt
+UV := $(BIN)/uv
+# The CPU build of torch (torch==2.13.0+cpu in the lock) is not on PyPI: uv looks for it in
+# these places (a folder of wheels or a package index), as pip does through its own config.
+TORCH_FIND_LINKS ?= /opt/wheels
+UV_FLAGS := $(if $(wildcard $(TORCH_FIND_LINKS)),--find-links $(TORCH_FIND_LINKS))
+LOCKS := locks/main.txt locks/nodeps.txt locks/uv.txt
 export HF_HUB_OFFLINE := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test install install-test check-lock lock bench clean
 
-$(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[all]'
-	# onnx2tf and tf-keras pin versions that conflict with ours (tf-keras needs `tensorflow`,
-	# we have tensorflow-cpu): installed without their declared deps; the real ones are in the tf extra.
-	$(PIP) --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
-	touch $@
-
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e '.[all,test]'
+# Never resolves afresh: installs exactly what locks/ pins (hash-checked), then modelport
+# itself without dependencies and without build isolation (setuptools comes from the lock).
+$(VENV)/.installed: $(LOCKS) pyproject.toml constraints.txt scripts/lock.py
+	@$(PY) scripts/lock.py check
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r locks/uv.txt
+	$(UV) pip sync -q --python $(BIN)/python --require-hashes $(UV_FLAGS) locks/main.txt
+	$(UV) pip install -q --python $(BIN)/python --require-hashes --no-deps -r locks/nodeps.txt
+	$(UV) pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test
+install-test: install
+
+check-lock:
+	@$(PY) scripts/lock.py check
 
 demo: install
 	$(BIN)/modelport demo
 
-test: install-test
+test: install
+	$(BIN)/python -m pip check 2>&1 | $(PY) scripts/lock.py pip-check
+	$(BIN)/python ../shared/tools/check_imports.py . || { [ ! -f ../shared/tools/check_imports.py ] && $(BIN)/python scripts/lock.py no-import-check; }
 	$(BIN)/python -m pytest -n 2 -q
 
-bench: install-test
+# Regenerates locks/ from pyproject.toml and constraints.txt with the newest versions they allow.
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	test -x $(UV) || $(BIN)/python -m pip install -q uv
+	$(PY) scripts/lock.py compile --uv $(UV) $(UV_FLAGS)
+
+bench: install
 	$(BIN)/python benchmarks/conversion_and_latency.py
 
 clean:

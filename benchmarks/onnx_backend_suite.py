@@ -18,17 +18,61 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+
+import onnx
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from modelport.onnx2torch import backend_suite as bs  # noqa: E402
+
+
+def _import_onnx2torch():
+    """The onnx2torch package (comparison only). It imports torchvision at import time, for its
+    NMS and RoiAlign converters alone; where torchvision is absent (the comparison environment
+    installs onnx2torch with --no-deps) a stub stands in and those two converters fail."""
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        def missing(*_a, **_k):
+            raise RuntimeError("torchvision is not installed in the onnx2torch environment")
+
+        tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+        ops.nms = ops.roi_align = ops.box_convert = missing
+        tv.ops = ops
+        sys.modules.update({"torchvision": tv, "torchvision.ops": ops})
+    import onnx2torch
+
+    return onnx2torch
+
+
+def run_onnx2torch(model: onnx.ModelProto, inputs: list) -> list:
+    import torch
+
+    onnx2torch = _import_onnx2torch()
+
+    net = onnx2torch.convert(model).eval()
+    with torch.no_grad():
+        out = net(*[bs.to_torch(v) for v in inputs])
+    outs = list(out) if isinstance(out, (tuple, list)) and len(model.graph.output) > 1 else [out]
+    return [bs.to_numpy(o) for o in outs]
+
+
+def onnx2torch_available() -> bool:
+    try:
+        _import_onnx2torch()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+bs.RUNNERS["onnx2torch"] = run_onnx2torch
 
 
 def _category(reason: str) -> str:
@@ -74,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_onnx2torch:
         return _child(args)
 
-    local_o2t = not args.onnx2torch_python and bs.onnx2torch_available()
+    local_o2t = not args.onnx2torch_python and onnx2torch_available()
     backends = ["onnxruntime", "modelport"] + (["onnx2torch"] if local_o2t else [])
     node_total, node_pass = 0, 0
     for group in args.groups.split(","):

@@ -6,7 +6,6 @@ import sys
 import traceback
 import warnings
 
-import click
 import typer
 
 from modelport.cli import (
@@ -30,12 +29,40 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from modelport.versions import tool_versions
+
+        versions = tool_versions()
+        typer.echo(f"modelport {versions.pop('modelport')}")
+        for name, version in versions.items():
+            typer.echo(f"  {name} {version}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print modelport's version and those of the frameworks it finds, then exit."),
+) -> None:
+    """Move trained models between frameworks and platforms, and prove they still do the same thing."""
+
+
 for module in (convert_cmd, verify_cmd, inspect_cmd, bench_cmd, check_cmd, adapt_cmd, compress_cmd, distill_cmd, demo_cmd):
     module.register(app)
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _usage_hint(exc: Exception) -> str:
+    """' (see `modelport CMD --help`)' for a usage error raised inside a known command."""
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "modelport"
+    return f" (see `{path} --help`)" if getattr(exc, "exit_code", 1) == 2 else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         err_console.print(f"modelport: error: {_one_line(str(exc))}", markup=False, soft_wrap=True)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # usage errors: unknown option or command, bad or missing value
+        if exc.format_message().strip():  # (empty after no_args_is_help has printed the help)
+            err_console.print(f"modelport: error: {_one_line(exc.format_message())}{_usage_hint(exc)}",
+                              markup=False, soft_wrap=True)
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("modelport: aborted", markup=False)
         return 130
     except KeyboardInterrupt:

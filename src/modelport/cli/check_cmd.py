@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
                 except Exception as exc:  # e.g. torch when its converter is unavailable
                     rows.append({"name": name, "description": f"unavailable: {exc}"})
             if as_json:
-                emit_json(rows)
+                emit_json({"targets": rows})
                 return
             table = Table(title="targets")
             for col in ("name", "ops", "opsets", "layout", "dynamic dims", "description"):

@@ -18,7 +18,13 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(to_jsonable(value), indent=2) + "\n")
+    """A report as JSON on stdout, with the versions of modelport and the frameworks it found."""
+    from modelport.versions import tool_versions
+
+    doc = to_jsonable(value)
+    if isinstance(doc, dict):
+        doc = {**doc, "versions": tool_versions()}
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
 def fmt_float(x: float | None, spec: str = ".2e") -> str:

@@ -225,7 +225,7 @@ class _Run:
 
 def _convert_file(src: str, folder: Path, kept: list[str], pseudo: list[str]) -> None:
     """One onnx2tf run in the current (scratch) cwd; failures become ExportError."""
-    import onnx2tf
+    import onnx2tf  # undeclared-ok: its == pins conflict with ours; installed --no-deps from locks/nodeps.txt
 
     sink = io.StringIO()
     try:
@@ -308,7 +308,7 @@ def _parse_dims(value) -> dict[str, int]:
 
 
 def _versions() -> tuple[tuple[str, str], ...]:
-    import onnx2tf
+    import onnx2tf  # undeclared-ok: its == pins conflict with ours; installed --no-deps from locks/nodeps.txt
     import tensorflow as tf
 
     return (("onnx2tf", onnx2tf.__version__), ("tensorflow", tf.__version__))

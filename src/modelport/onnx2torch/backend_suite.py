@@ -186,17 +186,17 @@ def compare(expected: list, actual: list, rtol: float, atol: float) -> str:
     return ""
 
 
-def _to_torch(v):
+def to_torch(v):
     from modelport.onnx2torch import dtypes
 
     if v is None:
         return None
     if isinstance(v, list):
-        return [_to_torch(t) for t in v]
+        return [to_torch(t) for t in v]
     return dtypes.to_torch(np.asarray(v))
 
 
-def _to_numpy(v):
+def to_numpy(v):
     import torch
 
     from modelport.onnx2torch import dtypes
@@ -204,7 +204,7 @@ def _to_numpy(v):
     if v is None:
         return None
     if isinstance(v, (list, tuple)):
-        return [_to_numpy(t) for t in v]
+        return [to_numpy(t) for t in v]
     if isinstance(v, torch.Tensor):
         return dtypes.to_numpy(v)
     return np.asarray(v)
@@ -219,10 +219,10 @@ def run_modelport(model: onnx.ModelProto, inputs: list) -> list:
         onnx2torch.convert(model, d)
         net = onnx2torch.load(d)
     with torch.no_grad():
-        out = net(*[_to_torch(v) for v in inputs])
+        out = net(*[to_torch(v) for v in inputs])
     n_out = len(model.graph.output)
     outs = [out] if n_out == 1 else list(out)
-    return [_to_numpy(o) for o in outs]
+    return [to_numpy(o) for o in outs]
 
 
 def run_onnxruntime(model: onnx.ModelProto, inputs: list) -> list:
@@ -237,48 +237,8 @@ def run_onnxruntime(model: onnx.ModelProto, inputs: list) -> list:
     return sess.run(None, dict(zip(names, inputs)))
 
 
-def _import_onnx2torch():
-    """The onnx2torch package (comparison only). It imports torchvision at import time, for its
-    NMS and RoiAlign converters alone; where torchvision is absent (the comparison environment
-    installs onnx2torch with --no-deps) a stub stands in and those two converters fail."""
-    import importlib.util
-    import sys
-    import types
-
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        def missing(*_a, **_k):
-            raise RuntimeError("torchvision is not installed in the onnx2torch environment")
-
-        tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
-        ops.nms = ops.roi_align = ops.box_convert = missing
-        tv.ops = ops
-        sys.modules.update({"torchvision": tv, "torchvision.ops": ops})
-    import onnx2torch
-
-    return onnx2torch
-
-
-def run_onnx2torch(model: onnx.ModelProto, inputs: list) -> list:
-    import torch
-
-    onnx2torch = _import_onnx2torch()
-
-    net = onnx2torch.convert(model).eval()
-    with torch.no_grad():
-        out = net(*[_to_torch(v) for v in inputs])
-    outs = list(out) if isinstance(out, (tuple, list)) and len(model.graph.output) > 1 else [out]
-    return [_to_numpy(o) for o in outs]
-
-
-RUNNERS = {"onnxruntime": run_onnxruntime, "modelport": run_modelport, "onnx2torch": run_onnx2torch}
-
-
-def onnx2torch_available() -> bool:
-    try:
-        _import_onnx2torch()
-    except Exception:  # noqa: BLE001
-        return False
-    return True
+# Backends by name; the benchmark adds the onnx2torch package's runner here (it is no dependency).
+RUNNERS = {"onnxruntime": run_onnxruntime, "modelport": run_modelport}
 
 
 def run_case(case: Case, backend: str) -> Outcome:
