@@ -24,26 +24,24 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKS = ROOT / "locks"
-DIGEST = LOCKS / "inputs.sha256"
 # Distributions installed with --no-deps on purpose: `pip check` complaints about them are expected.
 NO_DEPS = ("onnx2tf", "tf-keras")
 _REQ = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)(\s*;[^\\]*)?$")
 _HASH = re.compile(r"^--hash=sha256:[0-9a-f]{64}$")
 
 
-def inputs_digest() -> str:
+def inputs_digest(root: Path = ROOT) -> str:
     """What the locks depend on: the project's requirements (not the rest of pyproject.toml),
     constraints.txt and the two small .in files."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     wanted = {k: project.get(k) for k in ("requires-python", "dependencies", "optional-dependencies")}
     h = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode())
     for name in ("constraints.txt", "locks/nodeps.in", "locks/uv.in"):
-        h.update(b"\0" + name.encode() + b"\0" + (ROOT / name).read_bytes())
+        h.update(b"\0" + name.encode() + b"\0" + (root / name).read_bytes())
     return h.hexdigest()
 
 
-def parse_lock(path: Path) -> dict[str, str]:
+def parse_lock(path: Path, root: Path = ROOT) -> dict[str, str]:
     """{name: version} of a hash-pinned requirements file; ValueError with file:line on anything else."""
     pins: dict[str, str] = {}
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -62,27 +60,33 @@ def parse_lock(path: Path) -> dict[str, str]:
         hashes = [w for w in words if w.startswith("--hash=")]
         m = _REQ.match(" ".join(req))
         if not m or not hashes or not all(_HASH.match(h) for h in hashes):
-            raise ValueError(f"{path.relative_to(ROOT)}:{start}: not a pinned requirement with sha256 hashes: "
+            raise ValueError(f"{path.relative_to(root)}:{start}: not a pinned requirement with sha256 hashes: "
                              f"{text[:80]!r}")
         pins[m.group(1).lower().replace("_", "-")] = m.group(3)
     if not pins:
-        raise ValueError(f"{path.relative_to(ROOT)}: holds no requirement")
+        raise ValueError(f"{path.relative_to(root)}: holds no requirement")
     return pins
 
 
-def check() -> int:
+def check(root: Path = ROOT) -> int:
     for name in ("main.txt", "nodeps.txt", "uv.txt"):
-        path = LOCKS / name
+        path = root / "locks" / name
         if not path.is_file():
             print(f"error: locks/{name} is missing: run `make lock` to regenerate the lock files", file=sys.stderr)
             return 2
         try:
-            parse_lock(path)
+            parse_lock(path, root)
         except (ValueError, OSError) as e:
             print(f"error: corrupt lock file {e}; restore it with git or run `make lock`", file=sys.stderr)
             return 2
-    recorded = DIGEST.read_text().strip() if DIGEST.is_file() else ""
-    if recorded != inputs_digest():
+    digest = root / "locks" / "inputs.sha256"
+    recorded = digest.read_text().strip() if digest.is_file() else ""
+    try:
+        current = inputs_digest(root)
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
+        print(f"error: cannot read the lock's inputs (pyproject.toml, constraints.txt, locks/*.in): {e}", file=sys.stderr)
+        return 2
+    if recorded != current:
         print("error: locks/ is out of date with pyproject.toml / constraints.txt (or locks/inputs.sha256 is "
               "missing): run `make lock` and commit locks/", file=sys.stderr)
         return 2
@@ -100,9 +104,9 @@ def compile_locks(uv: str, find_links: list[str]) -> int:
     ]
     for cmd in runs:
         if subprocess.run(cmd, cwd=ROOT).returncode:
-            print(f"error: `{' '.join(cmd)}` failed; the old locks are kept", file=sys.stderr)
+            print(f"error: `{' '.join(cmd)}` failed; locks/inputs.sha256 is left as it was", file=sys.stderr)
             return 1
-    DIGEST.write_text(inputs_digest() + "\n")
+    (ROOT / "locks" / "inputs.sha256").write_text(inputs_digest() + "\n")
     print("locks/ regenerated: review `git diff locks/`, run `make test`, commit locks/")
     return 0
 
@@ -123,13 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compile")
     c.add_argument("--uv", default="uv")
     c.add_argument("--find-links", action="append", default=[])
-    sub.add_parser("check")
+    k = sub.add_parser("check")
+    k.add_argument("--root", type=Path, default=ROOT, help="the checkout to check (default: this one)")
     sub.add_parser("pip-check")
     args = ap.parse_args(argv)
     if args.cmd == "compile":
         return compile_locks(args.uv, args.find_links)
     if args.cmd == "check":
-        return check()
+        return check(args.root.resolve())
     return pip_check(sys.stdin.read())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +16,33 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # `import zoo` from any test module
 
 import zoo  # noqa: E402
+
+# Framework log lines that must never reach a user's stderr without --debug (glog/absl records of
+# any level, absl's pre-init banner, LiteRT's INFO lines, torch.onnx's progress lines). Broader
+# than what modelport.quiet filters, so that a new kind of chatter fails a test.
+FRAMEWORK_LOG = re.compile(
+    r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ |WARNING: All log messages before absl|INFO: |.*oneDNN custom operations"
+    r"|\[torch\.onnx\])", re.M)
+
+if importlib.util.find_spec("tensorflow") is not None:
+    # Tests and tests/zoo_tf.py import TensorFlow directly; its load-time lines are not modelport's
+    # output. (Loading through modelport is checked in fresh processes: test_quiet.py.)
+    from modelport.quiet import native_output
+
+    with native_output():
+        import tensorflow  # noqa: F401
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test whose captured stderr holds a framework log line fails, naming the first lines."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when in ("setup", "call") and rep.passed:
+        hits = [m.group(0)[:160] for m in re.finditer(r"^.*$", rep.capstderr or "", re.M) if FRAMEWORK_LOG.match(m.group(0))]
+        if hits:
+            rep.outcome = "failed"
+            rep.longrepr = "framework log lines reached stderr without --debug:\n  " + "\n  ".join(hits[:5])
 
 
 @dataclasses.dataclass(frozen=True)

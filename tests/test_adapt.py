@@ -77,7 +77,7 @@ def _export(module, args, path: Path, opset: int, dynamic_batch: bool) -> str:
         shapes = ({0: batch},)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=opset, dynamic_shapes=shapes, verbose=False)
+        prog = zoo.onnx_export(module.eval(), args, dynamo=True, opset_version=opset, dynamic_shapes=shapes, verbose=False)
     prog.save(str(path))
     return str(path)
 

@@ -62,7 +62,7 @@ def _export(module, example, path: Path, names: list[str]) -> str:
     import torch
 
     batch = torch.export.Dim("batch")
-    program = torch.onnx.export(module, (example,), dynamo=True, input_names=names,
+    program = zoo.onnx_export(module, (example,), dynamo=True, input_names=names,
                                 dynamic_shapes=({0: batch},), verbose=False)
     program.save(str(path))
     return str(path)

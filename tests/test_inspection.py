@@ -184,7 +184,7 @@ def exported_cnn(tmp_path_factory, cnn):
     x = torch.randn(2, 3, 32, 32)
     paths = {}
     for optimize in (True, False):
-        program = torch.onnx.export(module, (x,), dynamo=True, optimize=optimize, input_names=["x"],
+        program = zoo.onnx_export(module, (x,), dynamo=True, optimize=optimize, input_names=["x"],
                                     dynamic_shapes={"x": {0: "batch"}}, verbose=False)
         paths[optimize] = str(d / f"cnn_opt{int(optimize)}.onnx")
         program.save(paths[optimize])

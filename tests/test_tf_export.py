@@ -217,7 +217,7 @@ def _feature_map_onnx(directory: Path, channels: int, height: int, width: int) -
     path = directory / f"fmap_{channels}x{height}x{width}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (torch.randn(2, 3, height, width),), dynamo=True, input_names=["x"],
+        program = zoo.onnx_export(module, (torch.randn(2, 3, height, width),), dynamo=True, input_names=["x"],
                                     output_names=["y"], dynamic_shapes=({0: "batch"},), verbose=False)
     program.save(str(path))
     return str(path)

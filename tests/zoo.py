@@ -387,9 +387,20 @@ def write_bert_encoder_onnx(path: str | Path) -> str:
 
     ids = torch.randint(0, 1000, (2, 16))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=128)
-    program = torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), dynamo=True,
+    program = onnx_export(Encoder().eval(), (ids, torch.ones_like(ids)), dynamo=True,
                                 input_names=["input_ids", "attention_mask"],
                                 dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
                                 verbose=False)
     program.save(str(path))
     return str(path)
+
+
+def onnx_export(*args, **kwargs):
+    """torch.onnx.export with its progress prints and log records kept off the test's output,
+    as modelport keeps them off the user's."""
+    import torch
+
+    from modelport.quiet import quiet
+
+    with quiet():
+        return torch.onnx.export(*args, **kwargs)

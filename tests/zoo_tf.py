@@ -83,7 +83,10 @@ def _trained_cnn():
         metrics=["accuracy"],
     )
     x_train, y_train, _, _ = digits()
-    model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0)
+    from modelport.quiet import native_output
+
+    with native_output():  # TF's C++ lines while it trains
+        model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0)
     return model
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.errors import MissingExtraError
+from modelport.quiet import native_output
 
 __all__ = ["DemoReport", "DemoRow", "run_demo", "digits_data", "train_digits_cnn"]
 
@@ -88,7 +89,8 @@ def train_digits_cnn(path: Path, x_train, y_train, *, epochs: int = 12, seed: in
     model = keras.Model(inputs, outputs, name="digits_cnn")
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+    with native_output():  # TF's C++ lines while it trains
+        model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
     model.save(path)
     return model
 

@@ -320,7 +320,7 @@ def _torch_dir(onnx_path: Path, work: Path, feeds: dict[str, np.ndarray]):
 def _export(net, xt, names: list[str], path: Path, output_names: list[str] | None = None) -> None:
     import torch
 
-    from modelport.passes.structured_prune import _quiet_export
+    from modelport.quiet import quiet
 
     for p in net.parameters():
         p.requires_grad_(False)
@@ -329,7 +329,7 @@ def _export(net, xt, names: list[str], path: Path, output_names: list[str] | Non
     with torch.no_grad():
         single = not isinstance(net(*example), (tuple, list))
     output_names = output_names if single else None  # the teacher's name for the one output distilled
-    with _quiet_export():
+    with quiet():  # torch.onnx's progress lines and warnings
         program = torch.onnx.export(net, example, dynamo=True, input_names=names, output_names=output_names or None,
                                     dynamic_shapes=tuple({0: batch} for _ in names), verbose=False)
     program.save(str(path))

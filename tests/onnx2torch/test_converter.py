@@ -12,6 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import zoo
+
 from modelport import onnx2torch
 from modelport.onnx2torch import registry
 
@@ -108,7 +110,7 @@ def test_roundtrip_through_torch_onnx_export(tmp_path):
     net = onnx2torch.load(tmp_path)
     x = torch.randn(2, 3, 12, 12)
     batch = torch.export.Dim("batch", max=64)
-    prog = torch.onnx.export(net, (x,), dynamo=True, dynamic_shapes=({0: batch},),
+    prog = zoo.onnx_export(net, (x,), dynamo=True, dynamic_shapes=({0: batch},),
                              input_names=["image"])
     back = prog.model_proto
     for n in (2, 6):

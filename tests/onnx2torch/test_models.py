@@ -11,6 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import zoo
+
 from modelport import onnx2torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +42,7 @@ class SmallCNN(torch.nn.Module):
 
 
 def _export(module, args, dynamic_shapes, names, path) -> onnx.ModelProto:
-    prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
+    prog = zoo.onnx_export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
                              input_names=names, opset_version=18)
     prog.save(str(path))
     return onnx.load(str(path))

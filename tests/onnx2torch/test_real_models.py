@@ -42,7 +42,7 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _export(module, args, dynamic_shapes, names, path: Path) -> onnx.ModelProto:
-    program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
+    program = zoo.onnx_export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
                                 input_names=names, opset_version=18)
     program.save(str(path))
     return onnx.load(str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import warnings
@@ -21,6 +22,7 @@ from modelport.cli import (
 )
 from modelport.cli.common import err_console
 from modelport.errors import ModelportError
+from modelport.quiet import DEBUG_ENV
 
 app = typer.Typer(
     name="modelport",
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if debug:  # modelport.quiet lets framework output through
+        os.environ[DEBUG_ENV] = "1"
     if not debug:  # frameworks' deprecation chatter is not the user's business; --debug shows it
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -17,6 +17,7 @@ from modelport.artifact import Artifact, StepRecord, TensorSpec
 from modelport.convert.registry import ConvertOptions, output_kind, plan
 from modelport.errors import BadInputError, CheckFailedError
 from modelport.formats import LoadOptions, detect, open_runner
+from modelport.quiet import native_output
 from modelport.verify import ParityReport, compare_runners
 
 __all__ = ["ConvertReport", "convert", "default_output", "place"]
@@ -166,7 +167,8 @@ def convert(
             step_out = tmp / (f"step{i}" + ("" if kind == "/" else kind))
             if progress:
                 progress(f"{edge.src} -> {edge.dst} ({edge.name})")
-            res = edge.fn(current, str(step_out), options if i == 0 else dataclasses.replace(options, weights=None, inputs=()))
+            with native_output():  # converters' C++ INFO lines (TF, LiteRT, OpenVINO) stay off the terminal
+                res = edge.fn(current, str(step_out), options if i == 0 else dataclasses.replace(options, weights=None, inputs=()))
             warnings.extend(res.warnings)
             if res.tolerance:
                 tolerances.append(res.tolerance)

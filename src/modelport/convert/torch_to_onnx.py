@@ -7,18 +7,14 @@ shape-dependent logic, which is why every conversion is verified at two input sh
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
 import re
-import warnings
-from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 from modelport.artifact import TensorSpec
 from modelport.convert.registry import ConvertOptions, ConverterResult, register
 from modelport.errors import BadInputError, ExportError
+from modelport.quiet import quiet
 
 DEFAULT_OPSET = 18
 
@@ -68,19 +64,6 @@ def _specialization(exc: BaseException) -> str | None:
 
 
 _STATIC_HINT = "export with --static-batch, or give fixed sizes in --input"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' progress prints, warnings and log records for one attempt."""
-    sink = io.StringIO()
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _check_inputs_kept(out_path: str, specs: tuple[TensorSpec, ...]) -> None:
@@ -192,7 +175,7 @@ def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, optio
     attempts: list[Attempt] = []
     for name, fn in strategies:
         try:
-            with _quiet():
+            with quiet():
                 fn(model, args, specs, out_path, opset, out_names)
             _check_inputs_kept(out_path, specs)
         except Exception as exc:

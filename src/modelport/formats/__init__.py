@@ -12,6 +12,7 @@ from types import ModuleType
 
 from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats.base import BaseRunner, LoadOptions, Runner
+from modelport.quiet import native_output
 
 __all__ = ["FORMATS", "Runner", "BaseRunner", "LoadOptions", "detect", "module_for", "open_runner", "split_module_spec"]
 
@@ -70,7 +71,8 @@ def detect(path: str | Path, fmt: str | None = None) -> str:
 def open_runner(path: str | Path, fmt: str | None = None, options: LoadOptions | None = None) -> Runner:
     """Load a model for running; the caller closes it (it is a context manager)."""
     name = detect(path, fmt)
-    return module_for(name).open(str(path), options or LoadOptions())
+    with native_output():  # frameworks log from C++ while they load a model
+        return module_for(name).open(str(path), options or LoadOptions())
 
 
 def refuse_pickles(p: Path) -> None:

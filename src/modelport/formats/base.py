@@ -78,12 +78,15 @@ class BaseRunner:
 
 def require(module: str, extra: str, purpose: str = "") -> Any:
     """Import a framework lazily, or fail naming the extra that provides it."""
+    from modelport.quiet import native_output
+
     if module.split(".")[0] in ("tensorflow", "tf2onnx", "keras", "ai_edge_litert"):
         import os
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read once, when TF is first imported
     try:
-        return importlib.import_module(module)
+        with native_output():  # TF and LiteRT print INFO lines from C++ when they load
+            return importlib.import_module(module)
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] != module.split(".")[0]:
             raise

@@ -9,6 +9,7 @@ import numpy as np
 from modelport.artifact import Signature, TensorSpec
 from modelport.errors import BadInputError
 from modelport.formats.base import BaseRunner, LoadOptions, fill_signature, read_head, require
+from modelport.quiet import native_output
 
 NAME = "tflite"
 
@@ -94,7 +95,8 @@ class TFLiteRunner(BaseRunner):
         if shapes != self._allocated_shapes:
             for d, a in zip(self._in, arrays):
                 self.interp.resize_tensor_input(d["index"], a.shape, strict=False)
-            self.interp.allocate_tensors()
+            with native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interp.allocate_tensors()
             self._allocated_shapes = shapes
         for d, a in zip(self._in, arrays):
             self.interp.set_tensor(d["index"], a.astype(d["dtype"], copy=False))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.errors import BadInputError, UnsupportedError
+from modelport.quiet import quiet
 
 __all__ = ["Prunable", "StructuredLayer", "export", "load", "prune", "structured_prune"]
 
@@ -210,7 +211,7 @@ def export(model: Prunable, net, dst: str | Path) -> None:
     sig, names = model.sig, model.names
     dynamic = {spec.name: ({i: dim(spec.name, i, d) for i, d in enumerate(spec.shape or ()) if not isinstance(d, int)} or None)
                for spec in sig.inputs}
-    with _quiet_export():
+    with quiet():  # torch.onnx's progress lines and warnings
         program = torch.onnx.export(net, model.example, dynamo=True, input_names=names, output_names=sig.output_names,
                                     dynamic_shapes=tuple(dynamic[n] for n in names), verbose=False)
     proto = program.model_proto
@@ -252,23 +253,3 @@ def _check_export(path: str | Path, net, feeds: dict[str, np.ndarray], names: li
                                         for a, b in zip(got, want)):
         raise UnsupportedError("the pruned model re-exported to ONNX does not compute what the pruned PyTorch "
                                "module does")
-
-
-class _quiet_export:
-    """torch.onnx prints progress lines and logs warnings (e.g. torchvision ops skipped); keep the CLI's output ours."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import logging
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        logger = logging.getLogger("torch.onnx")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        self._stack.callback(logger.setLevel, level)
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
