@@ -1,4 +1,4 @@
-"""Compression figures of issue 4: before/after tables from ``modelport.compress``.
+"""Compression figures of issue 4: before/after tables from ``modelport.compress.run``.
 
 Run (about two minutes on a laptop CPU; nothing is downloaded):
 
@@ -157,7 +157,7 @@ def build_bert(d: Path) -> str:
 def print_report(title: str, report, console) -> None:
     from rich.table import Table
 
-    from modelport.passes.compress_report import comparison_rows
+    from modelport.compress.report import comparison_rows
 
     table = Table(title=title)
     for col in ("", "before", "after", "after / before"):
@@ -186,9 +186,9 @@ def chain(cnn: dict, d: Path, runs: int, console) -> dict:
     """Teacher -> 50% structured -> distilled -> int8 static; tables per step, then teacher vs final."""
     from rich.table import Table
 
-    from modelport.compress import compress
-    from modelport.distill import distill
-    from modelport.passes.compress_report import comparison_rows
+    from modelport.compress.run import compress
+    from modelport.compress.distill import distill
+    from modelport.compress.report import comparison_rows
 
     pruned = compress(cnn["model"], d / "chain.pruned.onnx", prune=0.5, structured=True, eval_data=cnn["eval"],
                       bench_runs=runs)
@@ -208,10 +208,10 @@ def chain(cnn: dict, d: Path, runs: int, console) -> dict:
     final = compress(distilled.out, d / "chain.student.int8.onnx", quantize="static", calibration=cnn["calib"],
                      eval_data=cnn["eval"], max_drop=0.01, bench_runs=runs)
     print_report("chain 3/3: int8 static on the distilled student", final, console)
-    from modelport.latency import bench
+    from modelport.bench.run import bench
 
-    from modelport.passes.accuracy_control import load_eval_data, top1
-    from modelport.verify.inputs import load_npz
+    from modelport.compress.accuracy import load_eval_data, top1
+    from modelport.inputs import load_npz
 
     models = [cnn["model"], distilled.out, final.out]
     lat = bench(models, batches=(1, 8), runs=runs)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from modelport.artifact import to_jsonable
-    from modelport.compress import compress
+    from modelport.compress.run import compress
 
     console = Console(stderr=args.json, width=140)
     console.print(f"reproduce: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/compression.py --runs {args.runs} --only {','.join(only)}\n")

@@ -8,7 +8,7 @@ Run (a few minutes on a laptop CPU; nothing is downloaded):
 Models: a PyTorch CNN with BatchNorm, a tiny BERT and a tiny GPT-2 (transformers configs,
 random weights; sequence length 16), a Keras functional CNN, a Keras Sequential MLP and a
 SavedModel (the MLP exported with ``model.export``). Each is converted with
-``modelport.convert.pipeline.convert`` and benchmarked with ``modelport.latency.bench``,
+``modelport.convert.run.convert`` and benchmarked with ``modelport.bench.run.bench``,
 source and ONNX side by side, runs interleaved.
 
 Columns:
@@ -38,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see modelport.latency: spinning threads distort interleaved runs
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see modelport.bench.run: spinning threads distort interleaved runs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from modelport.artifact import TensorSpec, to_jsonable  # noqa: E402
@@ -68,7 +68,7 @@ class Result:
 
 
 def _torch_specs(inputs: tuple[str, ...]) -> tuple[TensorSpec, ...]:
-    from modelport.specs import parse_input_specs
+    from modelport.inputs import parse_input_specs
 
     specs = parse_input_specs(inputs)
     # a dynamic batch in the source too, so that it can be measured at batch 8
@@ -135,11 +135,11 @@ def run_case(case: Case, work: Path, args, say: Callable[[str], None]) -> Result
     Verifying apart from converting keeps a model that fails parity in the table with its
     latency (the pipeline's own verify writes nothing when parity fails).
     """
-    from modelport.convert.pipeline import convert
+    from modelport.convert.run import convert
     from modelport.convert.registry import ConvertOptions, plan
     from modelport.errors import ModelportError
     from modelport.formats import detect
-    from modelport.latency import bench
+    from modelport.bench.run import bench
     from modelport.verify import verify
 
     d = work / case.name

@@ -279,7 +279,7 @@ def resnet50(work: Path) -> str:
     import keras
     import numpy as np
 
-    import modelport.api as api
+    import modelport as api
 
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10,
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from modelport import onnx2torch
+    from modelport import to_torch
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="onnx2torch-perf-"))
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, (original, onnx_path, _) in models.items():
         out = work / f"{kind}_torch"
         out.mkdir()
-        onnx2torch.convert(onnx_path, out)
+        to_torch.convert(onnx_path, out)
         generated[kind] = str(out)
         gen = load_generated(str(out))
         torch.save(gen.state_dict(), work / f"{kind}_state.pt")
@@ -339,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "bert25m_torch"
     out.mkdir()
     t = time.perf_counter()
-    onnx2torch.convert(big, out)
+    to_torch.convert(big, out)
     convert_s = time.perf_counter() - t
     t = time.perf_counter()
-    onnx2torch.load(out)
+    to_torch.load(out)
     load_s = time.perf_counter() - t
 
     child = None

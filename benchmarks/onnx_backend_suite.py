@@ -32,7 +32,7 @@ import onnx
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from modelport.onnx2torch import backend_suite as bs  # noqa: E402
+from modelport.to_torch import backend_suite as bs  # noqa: E402
 
 
 def _import_onnx2torch():

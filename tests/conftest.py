@@ -89,7 +89,7 @@ def cnn_scripted(tmp_path_factory, cnn) -> str:
 @pytest.fixture(scope="session")
 def cnn_onnx(tmp_path_factory, cnn) -> str:
     """The CNN converted to ONNX (through the pipeline, verified)."""
-    from modelport.convert.pipeline import convert
+    from modelport.convert.run import convert
     from modelport.convert.registry import ConvertOptions
 
     out = tmp_path_factory.mktemp("cnn_onnx") / "cnn.onnx"

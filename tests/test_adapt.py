@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import zoo
-from modelport.adapt import adapt, check
+from modelport.adapt.run import adapt, check
 from modelport.errors import UnsupportedError
 
 GELU_LN_20 = """<ir_version: 10, opset_import: ["" : 20]>
@@ -162,7 +162,7 @@ def cli(cli):
 
 
 def verify_exact(a: str, b: str) -> float:
-    from modelport import api  # modelport.verify is shadowed by the modelport.verify package once imported
+    import modelport as api  # modelport.verify is shadowed by the modelport.verify package once imported
 
     report = api.verify(a, b, rtol=1e-5, atol=0.0)
     assert report, report.summary()
@@ -499,7 +499,7 @@ def test_nhwc_model_takes_nchw_and_normalizes_channels_last(tmp_path):
 def test_passes_compose_with_onnx_ir_sequential(tmp_path):
     import onnx_ir as ir
 
-    from modelport.passes.adapt.passes import OpsetPass, RenamePass, RewriteRulePass
+    from modelport.adapt.passes import OpsetPass, RenamePass, RewriteRulePass
 
     src = save_text(tmp_path / "m20.onnx", GELU_LN_20)
     model = ir.load(src)

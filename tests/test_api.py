@@ -11,15 +11,15 @@ import modelport
 from modelport.artifact import TensorSpec
 from modelport.convert import plan
 from modelport.errors import BadInputError, UnsupportedError
-from modelport.specs import parse_dims, parse_input_spec, parse_input_specs, parse_int_list
+from modelport.inputs import parse_dims, parse_input_spec, parse_input_specs, parse_int_list
 
 
 def test_api_functions_stay_callable_after_submodule_imports():
-    import modelport.adapt  # noqa: F401
-    import modelport.compress  # noqa: F401
-    import modelport.convert.pipeline  # noqa: F401
-    import modelport.distill  # noqa: F401
-    import modelport.verify.inputs  # noqa: F401
+    import modelport.adapt.run  # noqa: F401
+    import modelport.compress.run  # noqa: F401
+    import modelport.convert.run  # noqa: F401
+    import modelport.compress.distill  # noqa: F401
+    import modelport.inputs  # noqa: F401
 
     for name in ("load", "convert", "verify", "inspect", "bench", "check", "adapt", "compress", "distill"):
         assert callable(getattr(modelport, name)), name

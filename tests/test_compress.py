@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from modelport.artifact import to_jsonable
-from modelport.compress import compress
+from modelport.compress.run import compress
 from modelport.errors import BadInputError, CheckFailedError, ModelportError
 
 import zoo
@@ -389,9 +389,9 @@ def test_structured_accuracy_control_prunes_less_or_fails(digits_cnn, structured
 
 @pytest.mark.slow
 def test_structured_prune_then_distill_recovers_the_teachers_accuracy(digits_cnn, structured_cnn, tmp_path):
-    from modelport.distill import distill
-    from modelport.passes.accuracy_control import load_eval_data, top1
-    from modelport.verify.inputs import load_npz
+    from modelport.compress.distill import distill
+    from modelport.compress.accuracy import load_eval_data, top1
+    from modelport.inputs import load_npz
 
     out = tmp_path / "student.onnx"
     report = distill(digits_cnn["model"], structured_cnn[0], out, data=digits_cnn["train"], epochs=6, bench_runs=5,
@@ -432,7 +432,7 @@ def _signature(path: str):
 
 
 def test_distill_rejects_a_student_whose_outputs_do_not_match(digits_cnn, tmp_path):
-    from modelport.distill import distill
+    from modelport.compress.distill import distill
 
     (tmp_path / "student.py").write_text(
         "from torch import nn\n\n\nclass Five(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
@@ -463,9 +463,9 @@ class Small(nn.Module):
 
 @pytest.mark.slow
 def test_distill_students_from_a_module_file_and_a_torch_directory(digits_cnn, tmp_path):
-    from modelport import onnx2torch
-    from modelport.distill import distill
-    from modelport.verify.inputs import load_npz
+    from modelport import to_torch
+    from modelport.compress.distill import distill
+    from modelport.inputs import load_npz
 
     x = load_npz(digits_cnn["eval"])["x"][:32]
     (tmp_path / "small.py").write_text(_STUDENT_PY)
@@ -478,7 +478,7 @@ def test_distill_students_from_a_module_file_and_a_torch_directory(digits_cnn, t
     # a modelport torch directory as the student (here: the teacher compiled), written to a chosen directory
     student_dir = tmp_path / "teacher_torch"
     student_dir.mkdir()
-    onnx2torch.convert(digits_cnn["model"], student_dir)
+    to_torch.convert(digits_cnn["model"], student_dir)
     before = (student_dir / "weights.safetensors").read_bytes()
     out2, chosen = tmp_path / "self.onnx", tmp_path / "chosen" / "self_dir"
     report2 = distill(digits_cnn["model"], student_dir, out2, torch_out=chosen, data=digits_cnn["train"], epochs=1,
@@ -490,7 +490,7 @@ def test_distill_students_from_a_module_file_and_a_torch_directory(digits_cnn, t
 
 
 def test_distill_torch_output_bad_paths_are_clear_errors(digits_cnn, tmp_path):
-    from modelport.distill import distill
+    from modelport.compress.distill import distill
 
     (tmp_path / "small.py").write_text(_STUDENT_PY)
     student = f"{tmp_path / 'small.py'}:Small"
@@ -508,11 +508,11 @@ def test_distill_torch_output_bad_paths_are_clear_errors(digits_cnn, tmp_path):
             distill(digits_cnn["model"], student, out, torch_out=torch_out, data=digits_cnn["train"], epochs=1,
                     bench_runs=0)
         assert info.value.exit_code == 2, what
-    from modelport import onnx2torch
+    from modelport import to_torch
 
     own = tmp_path / "s_torch"  # a torch-directory student and the default torch output of s.onnx
     own.mkdir()
-    onnx2torch.convert(digits_cnn["model"], own)
+    to_torch.convert(digits_cnn["model"], own)
     with pytest.raises(BadInputError, match="student's own directory"):
         distill(digits_cnn["model"], own, tmp_path / "s.onnx", data=digits_cnn["train"], epochs=1, bench_runs=0)
     assert _only_input_left(tmp_path, "small.py", "notes.txt", "photos", "s_torch") == []
@@ -567,7 +567,7 @@ def test_pruning_accuracy_control_prunes_the_harmful_layers_less(digits_cnn, tmp
     with pytest.raises(BadInputError, match=r"\[0, 1\)"):
         import onnx
 
-        from modelport.passes.prune import magnitude_prune
+        from modelport.compress.prune import magnitude_prune
 
         magnitude_prune(onnx.load(digits_cnn["model"]), 0.5, fractions={report.layers[0].node: 1.5})
 

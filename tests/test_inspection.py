@@ -1,4 +1,4 @@
-"""modelport.inspection on real models: hand-built ONNX graphs with known MACs, a torch CNN
+"""modelport.inspect.run on real models: hand-built ONNX graphs with known MACs, a torch CNN
 exported with the dynamo exporter, and an ONNX model whose weights live in external data."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from modelport.artifact import TensorSpec, to_jsonable
 from modelport.formats import LoadOptions
-from modelport.inspection import inspect
+from modelport.inspect.run import inspect
 
 
 def _save(model: onnx.ModelProto, path: Path, **kwargs) -> str:

@@ -1,4 +1,4 @@
-"""modelport.latency on real models: ONNX graphs of different sizes, a torch module file and
+"""modelport.bench.run on real models: ONNX graphs of different sizes, a torch module file and
 its ONNX export, a static-batch model. No assertion depends on how fast this machine is,
 except one comparison between models whose work differs by orders of magnitude."""
 
@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from modelport.artifact import Signature, TensorSpec, to_jsonable
 from modelport.errors import BadInputError
 from modelport.formats import BaseRunner, LoadOptions, open_runner
-from modelport.latency import BenchReport, batch_specs, bench
+from modelport.bench.run import BenchReport, batch_specs, bench
 
 RUNS = 7
 WARMUP = 2
@@ -185,7 +185,7 @@ class ThreadProbe(BaseRunner):
 def test_torch_module_and_its_onnx_side_by_side(tmp_path):
     import torch
 
-    from modelport.convert.pipeline import convert
+    from modelport.convert.run import convert
     from modelport.convert.registry import ConvertOptions
 
     (tmp_path / "tiny.py").write_text(TORCH_SOURCE)

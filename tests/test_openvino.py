@@ -11,11 +11,11 @@ import zoo
 
 pytest.importorskip("openvino")
 
-from modelport.convert.pipeline import convert  # noqa: E402
+from modelport.convert.run import convert  # noqa: E402
 from modelport.convert.registry import ConvertOptions  # noqa: E402
 from modelport.errors import ExportError  # noqa: E402
 from modelport.formats import detect, open_runner  # noqa: E402
-from modelport.specs import parse_input_spec  # noqa: E402
+from modelport.inputs import parse_input_spec  # noqa: E402
 
 
 def _max_rel(report) -> float:

@@ -12,7 +12,7 @@ import pytest
 
 from modelport.errors import BadInputError, UnsupportedError
 from modelport.targets import known_targets, load_profile
-from modelport.targets.check import check_model
+from modelport.adapt.check import check_model
 
 GELU_LN_20 = """<ir_version: 10, opset_import: ["" : 20]>
 g (float[N, 8, 16] x) => (float[N, 8, 16] y)
@@ -78,7 +78,7 @@ def test_onnxruntime_profile_matches_its_kernel_registry():
 
 
 def test_check_names_each_node_and_its_fix(gelu_ln_20):
-    from modelport.adapt import check
+    from modelport.adapt.run import check
 
     report = check(gelu_ln_20, "onnxruntime-opset13")
     assert not report
@@ -180,7 +180,7 @@ def test_tflite_and_nnapi_profiles():
 
 def test_torch_profile_comes_from_our_converter():
     try:
-        from modelport.onnx2torch import supported_ops
+        from modelport.to_torch import supported_ops
     except ImportError:
         with pytest.raises(UnsupportedError, match="unavailable"):
             load_profile("torch")

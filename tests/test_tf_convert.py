@@ -23,7 +23,7 @@ pytest.importorskip("tf2onnx")
 import onnx  # noqa: E402
 
 from modelport import formats  # noqa: E402
-from modelport.convert.pipeline import convert  # noqa: E402
+from modelport.convert.run import convert  # noqa: E402
 from modelport.convert.registry import ConvertOptions  # noqa: E402
 from modelport.errors import ExportError, ModelportError  # noqa: E402
 from modelport.verify import verify  # noqa: E402
@@ -172,7 +172,7 @@ def test_conversion_keeps_stderr_quiet_but_errors_reach_the_caller(tmp_path):
 
     bad.write_bytes(HDF5_MAGIC + b"\0" * 512)
     proc = _run_quietly(f"""
-        from modelport.convert.pipeline import convert
+        from modelport.convert.run import convert
         from modelport.errors import ModelportError
         report = convert({str(src)!r}, "onnx", {str(tmp_path / 'quiet.onnx')!r})
         print("OK", report.parity.summary())

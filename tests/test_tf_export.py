@@ -12,11 +12,11 @@ import zoo
 
 pytest.importorskip("onnx2tf")
 
-from modelport.convert.pipeline import convert  # noqa: E402
+from modelport.convert.run import convert  # noqa: E402
 from modelport.convert.registry import ConvertOptions, plan  # noqa: E402
 from modelport.errors import CheckFailedError, ExportError  # noqa: E402
 from modelport.formats import detect, open_runner  # noqa: E402
-from modelport.specs import parse_input_spec  # noqa: E402
+from modelport.inputs import parse_input_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here runs TensorFlow's converters (seconds each)
 
@@ -136,7 +136,7 @@ def test_keras_mobilenetv2_to_tflite(tmp_path):
     """Keras -> ONNX (tf2onnx) -> TFLite (onnx2tf): an NHWC model whose ONNX transposes to NCHW inside."""
     import keras
 
-    from modelport import api
+    import modelport as api
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=10,
@@ -231,7 +231,7 @@ def test_feature_map_output_keeps_onnx_layout(tmp_path, to, chw):
     With C == H == W both layouts have the same shape: the values must have decided, and
     the converted model's output equals onnxruntime's as it is, not merely after a transpose.
     """
-    from modelport import api
+    import modelport as api
 
     src = _feature_map_onnx(tmp_path, *chw)
     out = tmp_path / ("fmap.tflite" if to == "tflite" else "fmap_saved_model")
@@ -249,7 +249,7 @@ def test_feature_map_output_keeps_onnx_layout(tmp_path, to, chw):
 
 def test_feature_map_output_float16_tflite(tmp_path):
     """The .tflite made again from the layout-restored SavedModel keeps float16 weights when asked."""
-    from modelport import api
+    import modelport as api
 
     src = _feature_map_onnx(tmp_path, 4, 6, 7)
     out = tmp_path / "fmap_fp16.tflite"

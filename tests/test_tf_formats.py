@@ -18,7 +18,8 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
 
-from modelport import api, formats  # noqa: E402
+import modelport as api  # noqa: E402
+from modelport import formats  # noqa: E402
 from modelport.errors import BadInputError, ModelportError  # noqa: E402
 from modelport.verify import verify  # noqa: E402
 
@@ -247,7 +248,7 @@ def test_bad_input_is_a_one_line_bad_input_error_naming_the_file(name, tmp_path)
 
 
 def test_truncated_keras_fails_convert_with_exit_2_and_writes_nothing(tmp_path):
-    from modelport.convert.pipeline import convert
+    from modelport.convert.run import convert
 
     bad = _truncate(zoo_tf.cnn_keras(), tmp_path / "truncated.keras")
     out = tmp_path / "out.onnx"

@@ -11,7 +11,7 @@ import pytest
 import torch
 import zoo
 
-from modelport.convert.pipeline import convert
+from modelport.convert.run import convert
 from modelport.convert.registry import ConvertOptions
 from modelport.errors import ExportError
 from modelport.formats import LoadOptions, open_runner

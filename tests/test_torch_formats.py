@@ -128,7 +128,7 @@ def test_torchscript_runner_asks_for_input_shapes(cnn_scripted):
 
 def test_torch_dir_written_by_convert(cnn_onnx, tmp_path):
     """`convert --to torch` writes model.py + weights + metadata; detected and run as format `torch`."""
-    from modelport.convert.pipeline import convert
+    from modelport.convert.run import convert
 
     out = tmp_path / "cnn_torch"
     report = convert(cnn_onnx, "torch", out)

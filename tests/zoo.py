@@ -86,7 +86,7 @@ def cached(name: str, builder: Callable[[Path], Any]) -> Any:
 
 def input_specs(model: TorchModel):
     """The model's `--input` strings as TensorSpecs, parsed the way the CLI parses them."""
-    from modelport.specs import parse_input_spec
+    from modelport.inputs import parse_input_spec
 
     return tuple(parse_input_spec(text) for text in model.inputs)
 

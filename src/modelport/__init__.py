@@ -3,19 +3,33 @@
     >>> import modelport
     >>> report = modelport.convert("model.keras", "onnx")      # verified by default
     >>> modelport.verify("model.keras", report.artifact.path)  # any two formats
+
+The public API is this module: load, convert, verify, inspect, bench, check, adapt, compress,
+distill (the CLI is a thin layer over it). Each verb's implementation lives in the package of
+the same name (modelport.convert, modelport.verify, ...). Those packages are imported here
+first, and the functions bound after them: a later import of a submodule (``import
+modelport.verify.parity``) finds its package loaded and cannot rebind ``modelport.verify``
+(tests/test_layout.py checks it).
 """
 
 from __future__ import annotations
 
-# The packages modelport.convert and modelport.verify are loaded before the functions of the
-# same names are bound here, so that a later import of a submodule cannot rebind the name.
-import modelport.convert as _convert_package  # noqa: F401
-import modelport.verify as _verify_package  # noqa: F401
-from modelport.adapt import adapt, check
-from modelport.api import bench, convert, inspect, load, verify
-from modelport.compress import compress
-from modelport.distill import distill
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import modelport.adapt  # noqa: F401  (the verb packages, before the functions of the same names)
+import modelport.bench  # noqa: F401
+import modelport.compress  # noqa: F401
+import modelport.convert  # noqa: F401
+import modelport.inspect  # noqa: F401
+import modelport.verify  # noqa: F401
+from modelport.adapt.run import adapt, check
 from modelport.artifact import Artifact, Signature, StepRecord, TensorSpec
+from modelport.compress.distill import distill
+from modelport.compress.run import compress
 from modelport.errors import (
     BadInputError,
     CheckFailedError,
@@ -25,6 +39,7 @@ from modelport.errors import (
     UnsafeError,
     UnsupportedError,
 )
+from modelport.formats import LoadOptions, Runner, open_runner
 
 __version__ = "0.1.0"
 
@@ -50,3 +65,123 @@ __all__ = [
     "load",
     "verify",
 ]
+
+SpecsLike = Sequence[str | TensorSpec] | None
+
+
+def _specs(given: SpecsLike) -> tuple[TensorSpec, ...]:
+    from modelport.inputs import parse_input_spec
+
+    return tuple(s if isinstance(s, TensorSpec) else parse_input_spec(s) for s in given or ())
+
+
+def _dims(dims: dict[str, int] | Sequence[str] | None) -> dict[str, int] | None:
+    from modelport.inputs import parse_dims
+
+    if dims is None or isinstance(dims, dict):
+        return dims
+    return parse_dims(list(dims))
+
+
+def load(path: str | Path, *, format: str | None = None, weights: str | None = None,  # noqa: A002
+         input_specs: SpecsLike = None, device: str = "cpu", threads: int | None = None) -> Runner:
+    """Open any supported model as a Runner (a context manager; ``run(dict) -> dict``).
+
+    A directory written by ``convert --to torch`` can also be loaded as a plain nn.Module
+    with ``modelport.to_torch.load``.
+    """
+    return open_runner(path, format, LoadOptions(weights=weights, inputs=_specs(input_specs), device=device, threads=threads))
+
+
+def convert(
+    src: str | Path,
+    to: str,
+    out: str | Path | None = None,
+    *,
+    src_format: str | None = None,
+    weights: str | None = None,
+    input_specs: SpecsLike = None,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    tflite_dtype: str | None = None,
+    static_dims: str | None = None,
+    verify: bool = True,
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    dims: dict[str, int] | Sequence[str] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    progress: Callable[[str], None] | None = None,
+):
+    """Convert ``src`` to format ``to`` (through ONNX where needed) and verify the result.
+
+    ``tflite_dtype`` (``float32`` or ``float16`` weights) and ``static_dims``
+    (``batch=1,sequence=128``: sizes for dims the TF/TFLite converter must freeze) concern
+    the ONNX -> savedmodel/tflite step.
+
+    Returns a ConvertReport; raises CheckFailedError (nothing written) when parity fails.
+    """
+    from modelport.convert.run import convert as run_pipeline
+    from modelport.convert.registry import ConvertOptions
+
+    extra = tuple((k, v) for k, v in (("tflite_dtype", tflite_dtype), ("static_dims", static_dims)) if v is not None)
+    options = ConvertOptions(opset=opset, inputs=_specs(input_specs), weights=weights, dynamic_batch=dynamic_batch,
+                             extra=extra)
+    return run_pipeline(src, to, out, src_format=src_format, options=options, verify=verify, inputs=inputs,
+                        dims=_dims(dims), rtol=rtol, atol=atol, progress=progress)
+
+
+def verify(
+    a: str | Path,
+    b: str | Path,
+    *,
+    a_format: str | None = None,
+    b_format: str | None = None,
+    weights: str | None = None,
+    b_weights: str | None = None,
+    input_specs: SpecsLike = None,
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    dims: dict[str, int] | Sequence[str] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+):
+    """Compare two models of any formats on the same inputs; returns a ParityReport."""
+    from modelport.verify import verify as run_verify
+
+    specs = _specs(input_specs)
+    return run_verify(
+        a, b, a_format=a_format, b_format=b_format,
+        a_options=LoadOptions(weights=weights, inputs=specs, device=device),
+        b_options=LoadOptions(weights=b_weights, inputs=specs, device=device),
+        inputs=inputs, dims=_dims(dims), rtol=rtol, atol=atol, seed=seed,
+    )
+
+
+def inspect(path: str | Path, *, fmt: str | None = None, weights: str | None = None, input_specs: SpecsLike = None) -> Any:
+    """Describe a model: format, signature, opset, op histogram, parameters, MACs, size."""
+    from modelport.inspect.run import inspect as run_inspect
+
+    return run_inspect(str(path), fmt, LoadOptions(weights=weights, inputs=_specs(input_specs)))
+
+
+def bench(
+    models: Sequence[str | Path],
+    *,
+    batches: Sequence[int] = (1, 8),
+    threads: int | None = None,
+    warmup: int = 3,
+    runs: int = 20,
+    weights: str | None = None,
+    input_specs: SpecsLike = None,
+    dims: dict[str, int] | Sequence[str] | None = None,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Latency p50/p90 and throughput per batch size for several models, measured interleaved."""
+    from modelport.bench.run import bench as run_bench
+
+    specs = _specs(input_specs)
+    options = [LoadOptions(weights=weights, inputs=specs, device=device, threads=threads) for _ in models]
+    return run_bench([str(m) for m in models], batches=tuple(batches), threads=threads, warmup=warmup, runs=runs,
+                     options=options, dims=_dims(dims), progress=progress)

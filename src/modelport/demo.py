@@ -110,8 +110,8 @@ def accuracy(path: str, x, y, batch: int = 256) -> float:
 
 def _compress_chain(work: Path, onnx_path: str, x_train, y_train, x_test, y_test, say) -> list[tuple[str, str, str, str]]:
     """50% structured pruning -> distillation from the full model -> int8 static, each judged on accuracy."""
-    from modelport.compress import compress
-    from modelport.distill import distill
+    from modelport.compress.run import compress
+    from modelport.compress.distill import distill
 
     train_npz, eval_npz, calib_npz = work / "digits_train.npz", work / "digits_test.npz", work / "digits_calib.npz"
     np.savez(train_npz, image=x_train, labels=y_train)
@@ -145,7 +145,7 @@ def _size(path: str) -> int:
 
 def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: Callable[[str], None] | None = None) -> DemoReport:
     """Run the demo; artifacts go to ``out_dir`` (a temp dir, removed afterwards, when None)."""
-    from modelport.api import bench, convert
+    from modelport import bench, convert
 
     say = progress or (lambda msg: None)
     with tempfile.TemporaryDirectory(prefix="modelport-demo-") as tmp:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json, progress
+from modelport.cli.output import console, emit_json, progress
 from modelport.cli.verify_cmd import parity_table
 
 
@@ -35,11 +35,11 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Adapt an ONNX model to a target (ops, opset, inputs/outputs) and verify it still computes the same."""
-        from modelport.adapt import adapt as run_adapt
-        from modelport.specs import parse_dims
+        from modelport.adapt.run import adapt as run_adapt
+        from modelport.inputs import parse_dims
 
         if list_rules:
-            from modelport.passes.adapt.rules import all_rules
+            from modelport.adapt.rules import all_rules
 
             for r in all_rules():
                 console.print(f"{r.key:32s} {'exact' if r.exact else 'approximation':14s} {r.doc}")

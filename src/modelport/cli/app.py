@@ -20,7 +20,7 @@ from modelport.cli import (
     inspect_cmd,
     verify_cmd,
 )
-from modelport.cli.common import err_console
+from modelport.cli.output import err_console
 from modelport.errors import ModelportError
 from modelport.quiet import DEBUG_ENV
 

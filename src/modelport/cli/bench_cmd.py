@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json, progress
+from modelport.cli.output import console, emit_json, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Measure latency p50/p90 and throughput per batch size; models run interleaved."""
-        from modelport import api
-        from modelport.specs import parse_int_list
+        import modelport as api
+        from modelport.inputs import parse_int_list
 
         batches = parse_int_list(batch, "--batch")
         if warmup < 0 or runs < 1:

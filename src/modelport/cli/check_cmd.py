@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json
+from modelport.cli.output import console, emit_json
 
 
 def check_table(report) -> Table:
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
             return
         if model is None or target is None:
             raise BadInputError(f"usage: modelport check MODEL --target T (known targets: {', '.join(known_targets())})")
-        from modelport.adapt import check as run_check
+        from modelport.adapt.run import check as run_check
 
         report = run_check(model, target)
         if as_json:

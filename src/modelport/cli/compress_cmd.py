@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json, progress
+from modelport.cli.output import console, emit_json, progress
 
 
 def _options_table(report) -> Table:
-    from modelport.passes.compress_report import comparison_rows
+    from modelport.compress.report import comparison_rows
 
     table = Table(title=f"compress {report.src} -> {report.out}")
     for col in ("", "before", "after", "after / before"):
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Quantize and/or prune an ONNX model; measure size, MACs, latency and accuracy before and after."""
-        from modelport.compress import compress as run_compress
+        from modelport.compress.run import compress as run_compress
         from modelport.errors import BadInputError
 
         try:

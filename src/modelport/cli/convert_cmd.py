@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json, progress
+from modelport.cli.output import console, emit_json, progress
 from modelport.cli.verify_cmd import parity_table
 
 InputOpt = Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32 (repeatable; symbolic dims by name, e.g. batch).")]
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Convert a model to another format and verify it still computes the same outputs."""
-        from modelport import api
+        import modelport as api
 
         with progress(not as_json, f"converting {src} -> {to}") as update:
             report = api.convert(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json, progress
+from modelport.cli.output import console, emit_json, progress
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json, progress
+from modelport.cli.output import console, emit_json, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -29,9 +29,9 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Distill a teacher into a smaller PyTorch student; report teacher vs student."""
-        from modelport.distill import distill as run_distill
+        from modelport.compress.distill import distill as run_distill
         from modelport.errors import BadInputError
-        from modelport.passes.compress_report import comparison_rows
+        from modelport.compress.report import comparison_rows
 
         if onnx_only and torch_out is not None:
             raise BadInputError("--torch-out and --onnx-only exclude each other")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json
+from modelport.cli.output import console, emit_json
 
 
 def _human_bytes(n: int | None) -> str:
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Show what a model is: format, IO signature, opset, op histogram, parameters, MACs, size."""
-        from modelport import api
+        import modelport as api
 
         report = api.inspect(model, fmt=fmt, weights=weights, input_specs=input)
         if as_json:

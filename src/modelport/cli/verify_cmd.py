@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.common import console, emit_json, fmt_float, progress
+from modelport.cli.output import console, emit_json, fmt_float, progress
 
 
 def parity_table(report) -> Table:
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Compare two models of any formats on the same inputs (exit 1 when they differ)."""
-        from modelport import api
+        import modelport as api
 
         with progress(not as_json, f"verifying {b} against {a}"):
             report = api.verify(

@@ -338,7 +338,7 @@ def _transposed_outputs(src: str, folder: Path) -> dict[str, list[int]]:
     this cannot run leaves it as it is too: verification judges it afterwards.
     """
     from modelport.formats import open_runner
-    from modelport.verify.inputs import make_inputs
+    from modelport.inputs import make_inputs
     from modelport.verify.parity import match_names
 
     with open_runner(src, "onnx") as ref:

@@ -1,4 +1,4 @@
-"""ONNX -> PyTorch with modelport's own compiler (modelport.onnx2torch)."""
+"""ONNX -> PyTorch with modelport's own compiler (modelport.to_torch)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ def onnx_to_torch(src: str, out: str, options: ConvertOptions) -> ConverterResul
     from modelport.formats.base import require
 
     require("torch", "torch", "ONNX -> PyTorch")
-    from modelport import onnx2torch
+    from modelport import to_torch
     from modelport.formats.onnx_format import load_model
 
     model = load_model(src)
     os.makedirs(out, exist_ok=True)
     try:
-        result = onnx2torch.convert(model, out)
-    except onnx2torch.UnsupportedOpsError as exc:
+        result = to_torch.convert(model, out)
+    except to_torch.UnsupportedOpsError as exc:
         items = exc.unsupported
         listed = ", ".join(f"{u.op_type}-{u.opset} ({u.node_name or '<unnamed>'}: {u.reason})" for u in items[:10])
         more = f" and {len(items) - 10} more" if len(items) > 10 else ""

@@ -22,7 +22,7 @@ __all__ = ["torch_dir_to_export", "dynamic_shapes"]
 
 
 def _dim_name(raw: str, taken: dict[str, str]) -> str:
-    from modelport.onnx2torch import naming
+    from modelport.to_torch import naming
 
     if raw not in taken:
         taken[raw] = naming.Namer(set(taken.values())).new(raw, short=False, fallback="d")
@@ -89,13 +89,13 @@ def torch_dir_to_export(src: str, out: str, options: ConvertOptions) -> Converte
     from modelport.formats.base import fill_signature, require
 
     torch = require("torch", "torch", "torch.export")
-    from modelport import onnx2torch
+    from modelport import to_torch
     from modelport.formats.torch_dir import meta_inputs, read_meta
-    from modelport.verify.inputs import make_inputs
+    from modelport.inputs import make_inputs
 
     meta = read_meta(Path(src))
     specs = fill_signature(meta_inputs(meta), options.inputs, src)
-    module = onnx2torch.load(src)
+    module = to_torch.load(src)
     feeds = make_inputs(specs, seed=0)[0]
     args = tuple(torch.from_numpy(feeds[s.name]) for s in specs)
     errors = []

@@ -99,7 +99,7 @@ def _has_batch(specs: tuple[TensorSpec, ...]) -> bool:
 def _example_args(specs: tuple[TensorSpec, ...]) -> tuple[Any, ...]:
     import torch
 
-    from modelport.verify.inputs import make_inputs
+    from modelport.inputs import make_inputs
 
     feed = make_inputs(specs, seed=0)[0]
     return tuple(torch.from_numpy(feed[s.name]) for s in specs)

@@ -72,7 +72,7 @@ class TorchCallableRunner(BaseRunner):
     @property
     def signature(self) -> Signature:
         if self._outputs is None:
-            from modelport.verify.inputs import make_inputs
+            from modelport.inputs import make_inputs
 
             self.run(make_inputs(self._inputs, seed=0)[0])
         return Signature(self._inputs, self._outputs or ())

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import os
+import uuid
 from pathlib import Path
 
 from modelport.artifact import TensorSpec
@@ -12,11 +15,31 @@ from modelport.formats.base import LoadOptions, fill_signature
 from modelport.formats.torch_common import TorchCallableRunner, torch_module
 
 NAME = "torch"
+# The directory's files, as modelport's ONNX -> PyTorch compiler (modelport.to_torch) writes them.
+MODEL_FILE = "model.py"
+WEIGHTS_FILE = "weights.safetensors"
 META = "modelport_torch.json"
+CLASS_NAME = "Model"
 
 
 def detect(path: Path) -> bool:
-    return path.is_dir() and (path / "model.py").is_file() and (path / META).is_file()
+    return path.is_dir() and (path / MODEL_FILE).is_file() and (path / META).is_file()
+
+
+def load_module(out_dir: str | os.PathLike):
+    """Imports model.py from ``out_dir``, loads weights.safetensors (strict) and returns it in eval mode."""
+    import safetensors.torch
+    import torch
+
+    out = Path(out_dir)
+    spec = importlib.util.spec_from_file_location(f"modelport_generated_{uuid.uuid4().hex}", out / MODEL_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with torch.device("meta"):
+        net = getattr(module, CLASS_NAME)()
+    state = safetensors.torch.load_file(str(out / WEIGHTS_FILE))
+    net.load_state_dict(state, strict=True, assign=True)
+    return net.eval()
 
 
 def read_meta(path: Path) -> dict:
@@ -40,10 +63,8 @@ class TorchDirRunner(TorchCallableRunner):
 
     def __init__(self, path: str, options: LoadOptions) -> None:
         torch_module()
-        from modelport import onnx2torch
-
         meta = read_meta(Path(path))
-        module = onnx2torch.load(path).to(options.device)
+        module = load_module(path).to(options.device)
         inputs = fill_signature(meta_inputs(meta), options.inputs, path)
         super().__init__(path, module, inputs, device=options.device)
         outputs = meta.get("outputs", [])

@@ -1,7 +1,9 @@
-"""Target profiles (data files) and the compatibility check of an ONNX model against them.
+"""Target profiles: what a platform runs (ops per opset, dtypes, layout, dynamic dims), as data files.
+
+The compatibility check against a profile is modelport.adapt.check (adapt applies its fixes).
 
     >>> from modelport.targets import known_targets, load_profile
-    >>> from modelport.targets.check import check      # or modelport.adapt.check
+    >>> from modelport.adapt.check import check
     >>> report = check("model.onnx", "onnxruntime-opset13")
 """
 

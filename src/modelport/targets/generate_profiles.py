@@ -17,7 +17,7 @@
   named is checked against LiteRT's own ``BuiltinOperator`` enumeration
   (``ai_edge_litert.schema_py_generated``), and an op whose builtins LiteRT lacks is dropped.
 
-``torch`` is not a file: it is built at check time from ``modelport.onnx2torch.supported_ops()``.
+``torch`` is not a file: it is built at check time from ``modelport.to_torch.supported_ops()``.
 """
 
 from __future__ import annotations

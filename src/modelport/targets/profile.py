@@ -205,10 +205,10 @@ def _read(path: Path) -> Profile:
 def torch_profile() -> Profile:
     """The ONNX ops our ONNX -> PyTorch converter handles, from its registry (built at call time)."""
     try:
-        from modelport.onnx2torch import supported_ops
+        from modelport.to_torch import supported_ops
         triples = supported_ops()
     except Exception as exc:  # the converter is optional here
-        raise UnsupportedError(f"target 'torch' is unavailable: modelport.onnx2torch cannot list its ops ({type(exc).__name__}: {exc})") from None
+        raise UnsupportedError(f"target 'torch' is unavailable: modelport.to_torch cannot list its ops ({type(exc).__name__}: {exc})") from None
     import onnx.defs
 
     lowest: dict[tuple[str, str], int] = {}
@@ -218,8 +218,8 @@ def torch_profile() -> Profile:
     ops = {k: (OpVersion(v, None),) for k, v in lowest.items()}
     domains = {d for d, _ in ops} | {""}
     opsets = {d: (1, onnx.defs.onnx_opset_version() if d == "" else 99) for d in domains}
-    return Profile("torch", "modelport's ONNX -> PyTorch converter (modelport.onnx2torch)",
-                   "modelport.onnx2torch.supported_ops() at check time", False, opsets, (), "any", "all", ops, "torch")
+    return Profile("torch", "modelport's ONNX -> PyTorch converter (modelport.to_torch)",
+                   "modelport.to_torch.supported_ops() at check time", False, opsets, (), "any", "all", ops, "torch")
 
 
 def load_profile(target: str | Path | Profile) -> Profile:

@@ -9,7 +9,7 @@ import numpy as np
 from modelport.artifact import TensorSpec
 from modelport.errors import BadInputError
 from modelport.formats import LoadOptions, Runner, open_runner
-from modelport.verify.inputs import check_feeds, load_npz, make_inputs
+from modelport.inputs import check_feeds, load_npz, make_inputs
 from modelport.verify.parity import OutputParity, ParityReport, RunParity, compare_outputs, match_names
 
 __all__ = ["verify", "compare_runners", "ParityReport", "RunParity", "OutputParity", "feeds_for"]

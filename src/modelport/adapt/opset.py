@@ -1,0 +1,365 @@
+"""Opset conversion: onnx's version converter, plus our own adapters where it fails.
+
+Where ``onnx.version_converter`` fails today, and what we do first:
+
+- an op that does not exist at the target opset (Gelu < 20, LayerNormalization < 17,
+  HardSwish < 14, Mish < 18): its exact decomposition rule rewrites it into primitive ops;
+- ``ReduceX``-18 / ``Squeeze``/``Unsqueeze``/``Split``-13 with axes from a ``Constant`` node:
+  the converter only reads initializers, so constants are lifted into initializers;
+- a version that only added optional attributes (GatherND-12 ``batch_dims``, …), crossed
+  downwards by a node that leaves them at their defaults: the attributes are dropped;
+- ``Softmax``/``LogSoftmax``/``Hardmax``-13 down to 12: the converter relabels them, which changes the
+  result unless the axis is the last; ours moves the axis last with a Transpose pair;
+- ``Split``-18 down to 17 (no adapter): ``num_outputs`` becomes equal parts or explicit sizes;
+- ``Reshape``-14 down to 13 (no adapter at all): the node is held out of the conversion in a
+  private domain and put back without ``allowzero``, which is exact when ``allowzero`` is 0 or
+  the target shape is a constant without zeros; otherwise no automatic fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import onnx.defs
+import onnx_ir as ir
+from onnx import numpy_helper
+
+from modelport.errors import BadInputError, UnsupportedError
+from modelport.formats.onnx_format import iter_nodes
+
+__all__ = ["MIN_OPSET", "max_opset", "model_opset", "convert_opset", "OpsetResult", "missing_at"]
+
+MIN_OPSET = 7  # the lowest opset current runtimes (onnxruntime) load
+HOLD_DOMAIN = "modelport.hold"
+
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def model_opset(model: onnx.ModelProto, domain: str = "") -> int | None:
+    for imp in model.opset_import:
+        if imp.domain in ((domain, "ai.onnx") if domain == "" else (domain,)):
+            return int(imp.version)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OpsetResult:
+    model: onnx.ModelProto
+    src: int
+    dst: int
+    rewrites: tuple[str, ...]  # rule keys applied to make the conversion possible
+    notes: tuple[str, ...]
+
+
+def missing_at(op_type: str, opset: int, domain: str = "") -> bool:
+    """True when ``op_type`` has no schema at ``opset`` (it was introduced later)."""
+    try:
+        onnx.defs.get_schema(op_type, opset, domain)
+        return False
+    except onnx.defs.SchemaError:
+        return True
+
+
+def _decompose_missing(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, list[str]]:
+    from modelport.adapt.rules import apply_rule, find_rule
+
+    missing = sorted({n.op_type for n in iter_nodes(model.graph) if n.domain in ("", "ai.onnx") and missing_at(n.op_type, target)})
+    if not missing:
+        return model, []
+    no_rule = [op for op in missing if find_rule(op, "decompose") is None]
+    if no_rule:
+        names = [f"{n.name or '?'} ({n.op_type})" for n in iter_nodes(model.graph) if n.op_type in no_rule][:8]
+        raise UnsupportedError(f"opset {target} has no {', '.join(no_rule)} and modelport has no exact decomposition for it "
+                               f"(nodes: {', '.join(names)}); no automatic fix")
+    irm = ir.serde.deserialize_model(model)
+    applied = []
+    for op in missing:
+        res = apply_rule(irm, find_rule(op, "decompose"))
+        if res.skipped:
+            node, why = res.skipped[0]
+            raise UnsupportedError(f"cannot decompose {op} node {node!r} for opset {target}: {why}")
+        applied.append(res.rule)
+    return ir.serde.serialize_model(irm), applied
+
+
+def _lift_constants(model: onnx.ModelProto) -> None:
+    """Constant nodes of the main graph -> initializers (the version converter reads only those)."""
+    outputs = {o.name for o in model.graph.output}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs and len(node.attribute) == 1:
+            a = node.attribute[0]
+            value = None
+            if a.name == "value":
+                value = numpy_helper.to_array(a.t)
+            elif a.name == "value_ints":
+                value = np.array(list(a.ints), dtype=np.int64)
+            elif a.name == "value_int":
+                value = np.array(a.i, dtype=np.int64)
+            elif a.name == "value_floats":
+                value = np.array(list(a.floats), dtype=np.float32)
+            elif a.name == "value_float":
+                value = np.array(a.f, dtype=np.float32)
+            if value is not None:
+                model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def _signature(schema) -> tuple:
+    attrs = tuple(sorted((a.name, a.required, int(a.type)) for a in schema.attributes.values()))
+    ins = tuple((i.name, int(i.option)) for i in schema.inputs)
+    outs = tuple((o.name, int(o.option)) for o in schema.outputs)
+    return attrs, ins, outs
+
+
+def _changed_type_only(op: str, version: int) -> bool:
+    """True when ``op``'s schema at ``version`` differs from the one before only in its type constraints."""
+    try:
+        new = onnx.defs.get_schema(op, version, "")
+        old = onnx.defs.get_schema(op, version - 1, "")
+    except onnx.defs.SchemaError:
+        return False
+    return _signature(new) == _signature(old)
+
+
+def _strip_default_noop(model: onnx.ModelProto) -> None:
+    """``noop_with_empty_axes=0`` is the default; the converter's axes adapters leave it behind."""
+    for node in iter_nodes(model.graph):
+        if node.op_type.startswith("Reduce"):
+            for a in list(node.attribute):
+                if a.name == "noop_with_empty_axes" and a.i == 0:
+                    node.attribute.remove(a)
+
+
+def _reshape_14_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+    if allowzero:
+        shape = consts.get(node.input[1])
+        if shape is None or (shape == 0).any():
+            raise UnsupportedError(f"Reshape node {node.name!r} uses allowzero=1 with a shape that may contain 0, "
+                                   f"which opset 13 cannot express; no automatic fix")
+    for a in list(node.attribute):
+        if a.name == "allowzero":
+            node.attribute.remove(a)
+            dropped.append(node.name)
+
+
+def _split_18_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    """Split-18 ``num_outputs=n`` -> Split-13: equal parts, or explicit sizes ceil(d/n)..., remainder when d % n."""
+    num = next((a.i for a in node.attribute if a.name == "num_outputs"), None)
+    if num is None:
+        return
+    for a in list(node.attribute):
+        if a.name == "num_outputs":
+            node.attribute.remove(a)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    dim = _static_dim(model, node.input[0], axis)
+    if dim is not None and dim % num:
+        chunk = -(-dim // num)
+        sizes = [chunk] * (num - 1) + [dim - chunk * (num - 1)]
+        name = f"{node.name or node.output[0]}.split_sizes"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+        while len(node.input) < 2:
+            node.input.append("")
+        node.input[1] = name
+
+
+def _inferred_dims(model: onnx.ModelProto, name: str) -> list | None:
+    """The shape dims (TensorShapeProto.Dimension) of value ``name`` after shape inference; None if unknown."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return None
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return list(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def _static_dim(model: onnx.ModelProto, name: str, axis: int) -> int | None:
+    dims = _inferred_dims(model, name)
+    d = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
+    return int(d.dim_value) if d is not None and d.HasField("dim_value") else None
+
+
+def _drop_new_default_attrs(node: onnx.NodeProto, version: int) -> bool:
+    """Down across a version that only added optional attributes: exact when the node leaves them at their defaults."""
+    try:
+        new = onnx.defs.get_schema(node.op_type, version, "")
+        old = onnx.defs.get_schema(node.op_type, version - 1, "")
+    except onnx.defs.SchemaError:
+        return False
+    (a_new, i_new, o_new), (a_old, i_old, o_old) = _signature(new), _signature(old)
+    added = set(a_new) - set(a_old)
+    if i_new != i_old or o_new != o_old or set(a_old) - set(a_new) or not added:
+        return False
+    extra = {name for name, required, _ in added}
+    if any(required for _, required, _ in added):
+        return False
+    for a in node.attribute:
+        if a.name in extra:
+            default = new.attributes[a.name].default_value
+            if default is None or default.type == 0 or onnx.helper.get_attribute_value(a) != onnx.helper.get_attribute_value(default):
+                return False
+    for a in [a for a in node.attribute if a.name in extra]:
+        node.attribute.remove(a)
+    return True
+
+
+def _softmax_13_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    """Softmax-13 (one axis) -> Softmax-11 (flattens from ``axis``): exact on the last axis; on another axis the
+    axis is moved last by a Transpose pair. onnx's converter relabels it, which is wrong for axis != last."""
+    rank = _rank(model, node.input[0])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    for a in list(node.attribute):
+        if a.name == "axis":
+            node.attribute.remove(a)
+    node.attribute.append(onnx.helper.make_attribute("axis", -1))
+    if rank is None:
+        if axis != -1:
+            raise UnsupportedError(f"{node.op_type} node {node.name!r} on axis {axis} of an input of unknown rank has no "
+                                   f"opset-12 form modelport can prove; no automatic fix")
+        return
+    axis = axis % rank
+    if axis == rank - 1:
+        return
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    inverse = [perm.index(i) for i in range(rank)]
+    base = node.name or node.output[0]
+    moved, result = f"{base}.axis_last", f"{base}.axis_last_out"
+    before = onnx.helper.make_node("Transpose", [node.input[0]], [moved], name=f"{base}/axis_last", perm=perm)
+    after = onnx.helper.make_node("Transpose", [result], [node.output[0]], name=f"{base}/axis_back", perm=inverse)
+    node.input[0], node.output[0] = moved, result
+    nodes = list(model.graph.node)
+    i = next((k for k, n in enumerate(nodes) if n is node), None)
+    if i is None:
+        raise UnsupportedError(f"{node.op_type} node {node.name!r} inside a subgraph on axis {axis}: no automatic fix")
+    nodes[i:i + 1] = [before, node, after]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _rank(model: onnx.ModelProto, name: str) -> int | None:
+    dims = _inferred_dims(model, name)
+    return None if dims is None else len(dims)
+
+
+# Our adapters for down-conversions the converter lacks: (op, version) -> rewrite into the version-1 form.
+_DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down, ("Softmax", 13): _softmax_13_down,
+                  ("LogSoftmax", 13): _softmax_13_down, ("Hardmax", 13): _softmax_13_down}
+# Where onnx's converter "succeeds" but changes the result: ours run first.
+_PREEMPT = {("Softmax", 13), ("LogSoftmax", 13), ("Hardmax", 13)}
+
+
+def _hold_op(model: onnx.ModelProto, op: str, version: int, down: bool, dropped: list[str]) -> int:
+    """Hold the ``op`` nodes out of the converter's way across the boundary at ``version``, where that is
+    exact: a type-only schema change, new optional attributes left at their defaults, or our own adapter."""
+    consts = _constant_values(model)
+    held = 0
+    for node in iter_nodes(model.graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type != op:
+            continue
+        adapter = _DOWN_ADAPTERS.get((op, version)) if down else None
+        if adapter is not None:
+            adapter(node, model, consts, dropped)
+        elif not _changed_type_only(op, version) and not (down and _drop_new_default_attrs(node, version)):
+            return 0
+        node.domain = HOLD_DOMAIN
+        held += 1
+    if held and not any(i.domain == HOLD_DOMAIN for i in model.opset_import):
+        model.opset_import.add(domain=HOLD_DOMAIN, version=1)
+    return held
+
+
+def _step(model: onnx.ModelProto, src: int, dst: int, dropped: list[str]) -> tuple[onnx.ModelProto, int]:
+    """One opset step with onnx's converter; where it has no adapter for an op, hold that op if exact and retry."""
+    import re
+
+    boundary = max(src, dst)
+    held = 0
+    tried: set[str] = set()
+    if dst < src:
+        for op, version in _PREEMPT:
+            if version == boundary:
+                held += _hold_op(model, op, boundary, True, dropped)
+                tried.add(op)
+    while True:
+        try:
+            out = onnx.version_converter.convert_version(model, dst)
+            break
+        except Exception as exc:
+            msg = " ".join(str(exc).split())
+            m = re.search(r"[Aa]dapter (?:From|To) Version \$?\d+ for (\w+)", msg)
+            op = m.group(1) if m else None
+            if op is not None and op not in tried:
+                tried.add(op)
+                n = _hold_op(model, op, boundary, dst < src, dropped)
+                if n:
+                    held += n
+                    continue
+            where = ""
+            if op:
+                nodes = [n.name or "?" for n in iter_nodes(model.graph) if n.op_type == op][:6]
+                where = f" ({op} nodes: {', '.join(nodes)}; no automatic fix)" if nodes else ""
+            raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {dst}{where}: {msg}") from None
+    _release(out)
+    return out, held
+
+
+def _release(model: onnx.ModelProto) -> None:
+    for node in iter_nodes(model.graph):
+        if node.domain == HOLD_DOMAIN:
+            node.domain = ""
+    for imp in list(model.opset_import):
+        if imp.domain == HOLD_DOMAIN:
+            model.opset_import.remove(imp)
+
+
+def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
+    """Convert the default-domain opset of ``model`` to ``target``, up or down.
+
+    Raises:
+        BadInputError: ``target`` is outside the opsets onnx knows (``MIN_OPSET``..latest).
+        UnsupportedError: an op cannot be expressed at ``target`` (the message names the nodes).
+    """
+    top = max_opset()
+    if not MIN_OPSET <= target <= top:
+        raise BadInputError(f"opset {target} is impossible: it must be between {MIN_OPSET} and {top} (the newest onnx {onnx.__version__} knows)")
+    src = model_opset(model) or 1
+    if target == src:
+        return OpsetResult(model, src, target, (), ())
+    notes: list[str] = []
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    applied: list[str] = []
+    if target < src:
+        work, applied = _decompose_missing(work, target)
+        _lift_constants(work)
+    _strip_default_noop(work)
+    dropped: list[str] = []
+    held = 0
+    step = -1 if target < src else 1
+    for v in range(src, target, step):
+        work, n = _step(work, v, v + step, dropped)
+        held += n
+    out = work
+    if held:
+        notes.append(f"{held} node version change(s) onnx's converter has no adapter for kept as they are (exact: types only, or defaults)")
+    if dropped:
+        notes.append(f"allowzero dropped from {len(dropped)} Reshape node(s) (exact: no 0 in their shape)")
+    try:
+        onnx.checker.check_model(out)
+    except onnx.checker.ValidationError as exc:
+        raise UnsupportedError(f"the model at opset {target} is invalid: {' '.join(str(exc).split())[:300]}") from None
+    return OpsetResult(out, src, target, tuple(applied), tuple(notes))

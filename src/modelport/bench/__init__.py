@@ -1,0 +1,1 @@
+"""Latency and throughput, measured interleaved across models (``run.bench``)."""

@@ -1,0 +1,1 @@
+"""What a model is: format, signature, opset, op histogram, parameters, MACs, size (``run.inspect``)."""
