@@ -41,7 +41,7 @@ from modelport.errors import (
 )
 from modelport.formats import LoadOptions, Runner, open_runner
 
-__version__ = "0.1.0"
+from modelport.versions import __version__  # noqa: F401
 
 __all__ = [
     "Artifact",

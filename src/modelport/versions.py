@@ -9,6 +9,8 @@ import functools
 import importlib.metadata as md
 import platform
 
+__version__ = "0.1.0"
+
 # (name shown, distributions that provide it, first found wins)
 _TOOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("numpy", ("numpy",)),
@@ -42,8 +44,6 @@ def _installed(dists: tuple[str, ...]) -> str | None:
 @functools.cache
 def tool_versions() -> dict[str, str]:
     """{"modelport": ..., "python": ..., framework: version} for every framework installed."""
-    from modelport import __version__
-
     found = {"modelport": __version__, "python": platform.python_version()}
     for name, dists in _TOOLS:
         v = _installed(dists)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
-from modelport.compress.report import ModelStats
+from modelport.artifact import Artifact, StepRecord
+from modelport.compress.report import ModelStats, any_model_stats, measure_latency, model_stats
+from modelport.errors import BadInputError, UnsupportedError
+from modelport.formats import detect
+from modelport.pipeline import Pipeline, Staging, StepResult, read_lineage
 
 __all__ = ["DistillReport", "EpochRecord", "default_torch_output", "distill", "load_student"]
 
@@ -190,15 +191,41 @@ def distill(
         CheckFailedError: the torch directory does not compute what the ONNX file does.
         Nothing is written when any of these is raised.
     """
-    import torch
-
-    from modelport.compress.run import _latency, _stats
     from modelport.inputs import load_npz
 
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     if epochs < 1 or not 0.0 < val_fraction < 1.0 or temperature <= 0 or not 0.0 <= alpha <= 1.0:
         raise BadInputError("epochs >= 1, 0 < val_fraction < 1, temperature > 0 and 0 <= alpha <= 1 are required")
+    dest, torch_dest = _destinations(teacher, student, out, torch_out)
+    arrays = load_npz(data) if not isinstance(data, dict) else dict(data)
+    task = _task(str(teacher), arrays, data, seed, val_fraction, say)
+    train = DistillStep(task, student, student_weights, _Training(epochs, temperature, alpha, lr, batch_size, seed, threads), say)
+    source = Artifact(str(teacher), detect(str(teacher)), lineage=read_lineage(teacher))
+    with Staging(dest) as staging:
+        result = Pipeline([train], progress=say).run(source, staging)
+        onnx_path, trained = Path(result.artifact.path), result.results[0].details
+        staging.place(onnx_path, dest)
+        torch_parity = None
+        if torch_dest is not None:
+            try:
+                exported = _torch_pipeline(task, say).run(result.artifact, staging)
+            except UnsupportedError as exc:
+                raise UnsupportedError(f"cannot write the student as a torch directory: {exc} "
+                                       "(pass torch_out=False / --onnx-only for ONNX alone)"[:400]) from None
+            torch_parity = exported.verdict.parity
+            staging.place(exported.artifact.path, torch_dest)
+        say("latency")
+        p50 = measure_latency([Path(str(teacher)), onnx_path], (1, 8), bench_runs, say)
+        before = any_model_stats(str(teacher), p50[0], task.teacher_metric)
+        after = model_stats(onnx_path, str(dest), p50[1], trained.best_metric)
+    return DistillReport(str(teacher), str(student), str(dest), task.metric_name, task.teacher_metric,
+                         trained.start_metric, trained.best_epoch, trained.history, before, after, float(temperature), alpha,
+                         time.perf_counter() - t0, torch_out=str(torch_dest) if torch_dest is not None else None,
+                         torch_parity=torch_parity)
+
+
+def _destinations(teacher, student, out, torch_out) -> tuple[Path, Path | None]:
     dest = Path(out)
     if dest.resolve() in (Path(str(teacher)).resolve(), Path(str(student)).resolve()):
         raise BadInputError("the output would overwrite the teacher or the student", path=dest)
@@ -206,115 +233,160 @@ def distill(
     if torch_dest is not None and torch_dest.resolve() == Path(str(student)).resolve():
         raise BadInputError("the torch directory would replace the student's own directory; choose another path",
                             path=torch_dest)
-    arrays = load_npz(data) if not isinstance(data, dict) else dict(data)
+    return dest, torch_dest
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """The data distilled on: inputs, the teacher's outputs (run once), targets and the held-out split."""
+
+    names: list[str]
+    x: list[np.ndarray]
+    logits: np.ndarray
+    target: np.ndarray
+    has_labels: bool
+    output_names: list[str]
+    val: np.ndarray
+    train: np.ndarray
+
+    @property
+    def metric_name(self) -> str:
+        return "top-1" if self.has_labels else "top-1 agreement with the teacher"
+
+    @property
+    def teacher_metric(self) -> float:
+        return float(np.mean(self.logits[self.val].argmax(-1) == self.target[self.val]))
+
+
+def _task(teacher: str, arrays: dict[str, np.ndarray], data, seed: int, val_fraction: float, say) -> _Task:
     labels = arrays.get("labels")
-    logits, names, teacher_sig = _teacher_outputs(str(teacher), arrays, say)
+    logits, names, teacher_sig = _teacher_outputs(teacher, arrays, say)
     n = logits.shape[0]
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != n):
         raise BadInputError(f"{labels.shape} labels for {n} samples", path=str(data) if not isinstance(data, dict) else None)
     if logits.ndim != 2:
         raise UnsupportedError(f"distillation needs (batch, classes) teacher outputs, got shape {logits.shape}")
-    x = [np.asarray(arrays[k]) for k in names]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    restore = torch.get_num_threads()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
-        net = load_student(student, student_weights, work)
-        _check_student(net, x, logits, str(student))
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(n)
-        n_val = max(1, int(round(val_fraction * n)))
-        val, train = order[:n_val], order[n_val:]
-        target = labels if labels is not None else logits.argmax(-1)
-        metric_name = "top-1" if labels is not None else "top-1 agreement with the teacher"
-        use_ce = labels is not None and alpha < 1.0
-        xt = [torch.from_numpy(a) for a in x]
-        tt = torch.from_numpy(logits)
-        yt = torch.from_numpy(np.asarray(target, dtype=np.int64))
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    target = labels if labels is not None else logits.argmax(-1)
+    return _Task(names, [np.asarray(arrays[k]) for k in names], logits, np.asarray(target, dtype=np.int64),
+                 labels is not None, teacher_sig.output_names, order[:n_val], order[n_val:])
 
-        def score() -> float:
-            net.eval()
-            with torch.no_grad():
-                preds = torch.cat([_first(net(*[a[val[i:i + 256]] for a in xt])).argmax(-1) for i in range(0, n_val, 256)])
-            return float((preds == yt[val]).float().mean())
 
-        teacher_metric = float(np.mean(logits[val].argmax(-1) == target[val]))
-        start_metric = score()
-        best = (start_metric, 0, copy.deepcopy(net.state_dict()))
-        history = []
-        torch.manual_seed(seed)
-        opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
-        T = float(temperature)
-        for epoch in range(1, epochs + 1):
-            net.train()
-            perm = torch.from_numpy(rng.permutation(train))
-            total = 0.0
-            for i in range(0, len(perm), batch_size):
-                idx = perm[i:i + batch_size]
-                s = _first(net(*[a[idx] for a in xt]))
-                kl = torch.nn.functional.kl_div(torch.log_softmax(s / T, -1), torch.softmax(tt[idx] / T, -1),
-                                                reduction="batchmean") * T * T
-                loss = (alpha * kl + (1 - alpha) * torch.nn.functional.cross_entropy(s, yt[idx])) if use_ce else kl
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-            metric = score()
-            history.append(EpochRecord(epoch, total / max(1, len(train)), metric))
-            say(f"epoch {epoch}/{epochs}: loss {total / max(1, len(train)):.4f}, held-out {metric_name} {100 * metric:.2f}%")
-            if metric > best[0]:
-                best = (metric, epoch, copy.deepcopy(net.state_dict()))
-        net.load_state_dict(best[2])
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    epochs: int
+    temperature: float
+    alpha: float
+    lr: float
+    batch_size: int
+    seed: int
+    threads: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    start_metric: float
+    best_metric: float
+    best_epoch: int
+    history: tuple[EpochRecord, ...]
+
+
+class DistillStep:
+    """Train the student on the teacher's softened outputs; the best epoch, exported to ONNX (in scratch)."""
+
+    name = "distill"
+
+    def __init__(self, task: _Task, student, weights: str | None, training: _Training, say) -> None:
+        self.task, self.student, self.weights, self.training, self.say = task, student, weights, training, say
+
+    def describe(self) -> str:
+        return f"distilling into {self.student} ({self.training.epochs} epochs, T={self.training.temperature:g})"
+
+    def run(self, artifact: Artifact, staging: Staging) -> StepResult:
+        import torch
+
+        work = staging.scratch("distill")
+        restore = torch.get_num_threads()
+        try:
+            if self.training.threads:
+                torch.set_num_threads(self.training.threads)
+            net = load_student(self.student, self.weights, work)
+            _check_student(net, self.task.x, self.task.logits, str(self.student))
+            trained = _train(net, self.task, self.training, self.say)
+            onnx_path = work / "student.onnx"
+            _export(net, [torch.from_numpy(a) for a in self.task.x], self.task.names, onnx_path, self.task.output_names[:1])
+        finally:
+            torch.set_num_threads(restore)
+        t = self.training
+        detail = (f"student {self.student}; {t.epochs} epochs, T={t.temperature:g}, alpha={t.alpha:g}; best epoch "
+                  f"{trained.best_epoch}; held-out {self.task.metric_name} {100 * self.task.teacher_metric:.2f}% (teacher) "
+                  f"-> {100 * trained.best_metric:.2f}% (student)")
+        record = StepRecord("distill", artifact.format, "onnx", "modelport.compress.distill",
+                            (("torch", torch.__version__),), detail)
+        return StepResult(Artifact(str(onnx_path), "onnx"), record, details=trained)
+
+
+def _train(net, task: _Task, t: _Training, say) -> _Trained:
+    """The distillation loop; the best held-out epoch's weights are loaded back into ``net``."""
+    import torch
+
+    rng = np.random.default_rng(t.seed)
+    rng.permutation(len(task.logits))  # the split's draw (kept so the epochs' shuffles stay as before)
+    use_ce = task.has_labels and t.alpha < 1.0
+    xt = [torch.from_numpy(a) for a in task.x]
+    tt, yt = torch.from_numpy(task.logits), torch.from_numpy(task.target)
+    val, n_val = task.val, len(task.val)
+
+    def score() -> float:
         net.eval()
-        onnx_path = work / "student.onnx"
-        _export(net, xt, names, onnx_path, teacher_sig.output_names[:1])
-        torch_stage, torch_parity = None, None
-        if torch_dest is not None:
-            say("compiling the student to a torch directory")
-            torch_stage, torch_parity = _torch_dir(onnx_path, work, {k: a[val[:16]] for k, a in zip(names, x)})
-        say("latency")
-        p50 = _latency([Path(str(teacher)), onnx_path], (1, 8), bench_runs, say)
-        before = _stats_any(str(teacher), p50[0], teacher_metric)
-        after = _stats(onnx_path, str(dest), p50[1], best[0])
-        os.replace(onnx_path, dest)
-        if torch_stage is not None:
-            from modelport.convert.run import place
+        with torch.no_grad():
+            preds = torch.cat([_first(net(*[a[val[i:i + 256]] for a in xt])).argmax(-1) for i in range(0, n_val, 256)])
+        return float((preds == yt[val]).float().mean())
 
-            torch_dest.parent.mkdir(parents=True, exist_ok=True)
-            staged = torch_dest.with_name(f".{torch_dest.name}.{os.getpid()}.tmp")
-            shutil.move(str(torch_stage), str(staged))  # same filesystem as the destination, then one rename
-            place(staged, torch_dest)
-        return DistillReport(str(teacher), str(student), str(dest), metric_name, teacher_metric, start_metric,
-                             best[1], tuple(history), before, after, T, alpha, time.perf_counter() - t0,
-                             torch_out=str(torch_dest) if torch_dest is not None else None, torch_parity=torch_parity)
-    finally:
-        torch.set_num_threads(restore)
-        shutil.rmtree(work, ignore_errors=True)
+    start_metric = score()
+    best = (start_metric, 0, copy.deepcopy(net.state_dict()))
+    history = []
+    torch.manual_seed(t.seed)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=t.lr)
+    T = float(t.temperature)
+    for epoch in range(1, t.epochs + 1):
+        net.train()
+        perm = torch.from_numpy(rng.permutation(task.train))
+        total = 0.0
+        for i in range(0, len(perm), t.batch_size):
+            idx = perm[i:i + t.batch_size]
+            s = _first(net(*[a[idx] for a in xt]))
+            kl = torch.nn.functional.kl_div(torch.log_softmax(s / T, -1), torch.softmax(tt[idx] / T, -1),
+                                            reduction="batchmean") * T * T
+            loss = (t.alpha * kl + (1 - t.alpha) * torch.nn.functional.cross_entropy(s, yt[idx])) if use_ce else kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        metric = score()
+        history.append(EpochRecord(epoch, total / max(1, len(task.train)), metric))
+        say(f"epoch {epoch}/{t.epochs}: loss {total / max(1, len(task.train)):.4f}, held-out {task.metric_name} {100 * metric:.2f}%")
+        if metric > best[0]:
+            best = (metric, epoch, copy.deepcopy(net.state_dict()))
+    net.load_state_dict(best[2])
+    net.eval()
+    return _Trained(start_metric, best[0], best[1], tuple(history))
+
+
+def _torch_pipeline(task: _Task, say) -> Pipeline:
+    """The student as a modelport torch directory: convert's ONNX -> PyTorch step, verified against the ONNX file."""
+    from modelport.convert.registry import ConvertOptions, plan
+    from modelport.convert.run import ConvertStep, parity_verifier
+
+    feeds = {k: a[task.val[:16]] for k, a in zip(task.names, task.x)}
+    say("compiling the student to a torch directory")
+    return Pipeline([ConvertStep(plan("onnx", "torch")[0], ConvertOptions(), 0)],
+                    verify=parity_verifier("onnx", ConvertOptions(), feeds, None, None, None, 0), progress=say)
 
 
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _torch_dir(onnx_path: Path, work: Path, feeds: dict[str, np.ndarray]):
-    """Compile the exported student with modelport.to_torch; (directory, parity against the ONNX file)."""
-    from modelport import to_torch
-    from modelport.verify import verify
-
-    target = work / "student_torch"
-    target.mkdir()
-    try:
-        to_torch.convert(str(onnx_path), target)
-    except to_torch.UnsupportedOpsError as exc:
-        raise UnsupportedError(f"cannot write the student as a torch directory: {exc} "
-                               "(pass torch_out=False / --onnx-only for ONNX alone)"[:400]) from None
-    parity = verify(str(onnx_path), str(target), a_format="onnx", b_format="torch", inputs=feeds)
-    if not parity:
-        raise CheckFailedError(f"the student's torch directory does not match its ONNX file: {parity.summary()}; "
-                               "nothing written")
-    return target, parity
 
 
 def _export(net, xt, names: list[str], path: Path, output_names: list[str] | None = None) -> None:
@@ -333,15 +405,3 @@ def _export(net, xt, names: list[str], path: Path, output_names: list[str] | Non
         program = torch.onnx.export(net, example, dynamo=True, input_names=names, output_names=output_names or None,
                                     dynamic_shapes=tuple({0: batch} for _ in names), verbose=False)
     program.save(str(path))
-
-
-def _stats_any(path: str, p50, metric) -> ModelStats:
-    """Teacher stats for any format (MACs and sparsity only where the format tells)."""
-    from modelport.inspect.run import inspect
-
-    if path.endswith(".onnx"):
-        from modelport.compress.run import _stats
-
-        return _stats(Path(path), path, p50, metric)
-    rep = inspect(path)
-    return ModelStats(path, rep.file_bytes, rep.params, None, rep.macs, p50, metric)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
 
 from modelport.artifact import Artifact
 from modelport.compress.accuracy import LayerSensitivity
-from modelport.compress.prune import LayerSparsity
+from modelport.compress.prune import LayerSparsity, weight_sparsity
 from modelport.compress.structured import StructuredLayer
 
-__all__ = ["ModelStats", "CompressReport", "comparison_rows"]
+__all__ = ["ModelStats", "CompressReport", "comparison_rows", "model_stats", "any_model_stats", "measure_latency"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,3 +137,44 @@ def comparison_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
         budget = f"{-100 * drop:+.2f} pts" if drop is not None else ""
         rows.append((report.metric_name or "metric", _fmt(b.metric, "pct"), _fmt(a.metric, "pct"), budget))
     return rows
+
+
+def model_stats(path: Path, label: str, p50: dict[int, float | None], metric: float | None) -> ModelStats:
+    import onnx
+
+    model = onnx.load(str(path))
+    sparsity = weight_sparsity(model)
+    try:
+        from modelport.inspect.run import inspect
+
+        rep = inspect(str(path), "onnx")
+        size, params, macs = rep.file_bytes, rep.params, rep.macs
+    except ImportError:  # inspection not there: file size only
+        size, params, macs = path.stat().st_size, None, None
+    return ModelStats(label, size, params, sparsity, macs, p50, metric)
+
+
+def measure_latency(paths: Sequence[Path], batches: Sequence[int], runs: int, say) -> list[dict[int, float | None]]:
+    """p50 per batch for each model, measured side by side in one run."""
+    out: list[dict[int, float | None]] = [{} for _ in paths]
+    if runs <= 0 or not batches:
+        return out
+    from modelport.bench.run import bench
+
+    report = bench([str(p) for p in paths], batches=batches, runs=runs, warmup=3, progress=say)
+    index = {name: i for i, name in enumerate(report.models)}
+    for row in report.rows:
+        i = index.get(row.model)
+        if i is not None:
+            out[i][row.batch] = row.p50_ms
+    return out
+
+
+def any_model_stats(path: str, p50: dict[int, float | None], metric: float | None) -> ModelStats:
+    """Stats of a model in any format (sparsity only for ONNX; MACs where inspect counts them)."""
+    from modelport.inspect.run import inspect
+
+    if path.endswith(".onnx"):
+        return model_stats(Path(path), path, p50, metric)
+    rep = inspect(path)
+    return ModelStats(path, rep.file_bytes, rep.params, None, rep.macs, p50, metric)

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modelport.artifact import Artifact, StepRecord
-from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
 from modelport.compress import accuracy, fp16, prune as prune_pass, quantize as quant
-from modelport.compress.report import CompressReport, ModelStats
+from modelport.compress.report import CompressReport, measure_latency, model_stats
+from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
+from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 
 __all__ = ["compress", "default_output"]
 
@@ -170,37 +170,6 @@ class _Work:
         return dst
 
 
-def _stats(path: Path, label: str, p50: dict[int, float | None], metric: float | None) -> ModelStats:
-    import onnx
-
-    model = onnx.load(str(path))
-    sparsity = prune_pass.weight_sparsity(model)
-    try:
-        from modelport.inspect.run import inspect
-
-        rep = inspect(str(path), "onnx")
-        size, params, macs = rep.file_bytes, rep.params, rep.macs
-    except ImportError:  # inspection not there: file size only
-        size, params, macs = path.stat().st_size, None, None
-    return ModelStats(label, size, params, sparsity, macs, p50, metric)
-
-
-def _latency(paths: Sequence[Path], batches: Sequence[int], runs: int, say) -> list[dict[int, float | None]]:
-    """p50 per batch for each model, measured side by side in one run."""
-    out: list[dict[int, float | None]] = [{} for _ in paths]
-    if runs <= 0 or not batches:
-        return out
-    from modelport.bench.run import bench
-
-    report = bench([str(p) for p in paths], batches=batches, runs=runs, warmup=3, progress=say)
-    index = {name: i for i, name in enumerate(report.models)}
-    for row in report.rows:
-        i = index.get(row.model)
-        if i is not None:
-            out[i][row.batch] = row.p50_ms
-    return out
-
-
 def _parity(src: Path, out: Path, eval_data: accuracy.EvalData | None, enforce: bool):
     from modelport.verify import verify
 
@@ -309,13 +278,71 @@ def compress(
         UnsupportedError: a model the chosen mode cannot handle.
         CheckFailedError: the accuracy budget cannot be met, or fp16 parity fails; nothing written.
     """
-    import onnx
-
-    from modelport.formats.onnx_format import graph_signature, load_model
-
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     _check_args(quantize, calibration, calibrate_method, prune, structured, eval_data, max_drop)
+    ctx = _context(model, out, quantize, calibration, calibrate_method, per_channel, keep_io_float32, prune,
+                   prune_scope, structured, eval_data, max_drop, say)
+    with Staging(ctx.dest) as staging:
+        if ctx.data is not None:
+            say("measuring the original's top-1 accuracy")
+            ctx.baseline = accuracy.top1(ctx.src, ctx.data)
+        steps = ([StructuredPruneStep(ctx)] if structured else []) + \
+                ([QuantizePruneStep(ctx)] if quantize or not structured else [])
+        result = Pipeline(steps, verify=_parity_verifier(ctx), progress=say).run(
+            Artifact(str(ctx.src), "onnx", lineage=read_lineage(ctx.src)), staging)
+        say("latency")
+        final = Path(result.artifact.path)
+        p50 = measure_latency([ctx.src, final], bench_batches, bench_runs, say)
+        outcome = _Outcome.merge([r.details for r in result.results])
+        before = model_stats(ctx.src, str(ctx.src), p50[0], ctx.baseline)
+        after = model_stats(final, str(ctx.dest), p50[1], outcome.metric)
+        staging.place(final, ctx.dest)
+    from modelport.formats.onnx_format import graph_signature
+
+    parity = result.verdict.parity if result.verdict else None
+    artifact = dataclasses.replace(result.artifact, path=str(ctx.dest),
+                                   signature=graph_signature(_load_proto(ctx.dest)))
+    return CompressReport(
+        str(ctx.src), str(ctx.dest), artifact, _report_steps(ctx.plan, outcome), before, after,
+        "top-1" if ctx.data is not None else None, max_drop, outcome.kept, outcome.ranking, outcome.layers,
+        outcome.structured_layers, outcome.trials, parity, quantize == "fp16", _within_budget(ctx, outcome, parity),
+        time.perf_counter() - t0, _versions(), tuple(outcome.notes), reduced_fractions=outcome.reduced,
+    )
+
+
+def _load_proto(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _within_budget(ctx: _Context, outcome: _Outcome, parity) -> bool:
+    """The verdict from what was measured: the budget (when one was set) and fp16 parity (when checked)."""
+    budget_ok = ctx.max_drop is None or (ctx.baseline - outcome.metric <= ctx.max_drop)
+    parity_ok = parity is None or ctx.plan.quantize != "fp16" or parity.ok
+    return bool(budget_ok and parity_ok)
+
+
+@dataclasses.dataclass
+class _Context:
+    """What compress's steps share: the source, the plan, the eval data and the original's metric."""
+
+    src: Path
+    dest: Path
+    source: Any  # the ONNX proto
+    specs: tuple
+    plan: _Plan
+    data: accuracy.EvalData | None
+    max_drop: float | None
+    say: Callable[[str], None]
+    baseline: float | None = None
+
+
+def _context(model, out, quantize, calibration, calibrate_method, per_channel, keep_io_float32, prune, prune_scope,
+             structured, eval_data, max_drop, say) -> _Context:
+    from modelport.formats.onnx_format import graph_signature, load_model
+
     src = Path(model)
     if not src.is_file():
         raise BadInputError("no such ONNX file", path=src)
@@ -329,112 +356,180 @@ def compress(
     dest = Path(out) if out is not None else default_output(src, quantize, plan.prune)
     if dest.resolve() == src.resolve():
         raise BadInputError("the output would overwrite the input model", path=dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    notes: list[str] = []
+    return _Context(src, dest, source, specs, plan, data, max_drop, say)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What the steps found: the metric of the chosen model and what accuracy control decided."""
+
+    metric: float | None = None
+    kept: tuple[str, ...] = ()
+    ranking: tuple = ()
+    layers: tuple = ()
     structured_layers: tuple = ()
     reduced: tuple[tuple[str, float], ...] = ()
-    s_ranking, s_trials = (), 0
-    try:
-        base = work / "base.onnx"
-        start = src
-        baseline = None
-        if data is not None:
-            say("measuring the original's top-1 accuracy")
-            baseline = accuracy.top1(src, data)
-        if structured:
-            feeds = _example_feeds(specs, data, plan.calibration, source)
-            start, structured_layers, more, reduced, s_ranking, s_trials = _structured(
-                src, work, plan.prune, feeds, data, baseline, max_drop, say)
-            notes += more
-        if quantize in ("dynamic", "static"):
-            say("quantization pre-processing")
-            scratch = work / "preprocess"
-            scratch.mkdir()
-            notes += quant.preprocess(start, base, scratch)
-            prepared = onnx.load(str(base))
-        else:
-            prepared = onnx.load(str(start)) if structured else source
-        if quant.name_nodes(prepared):
-            notes.append("unnamed nodes were given names (accuracy control refers to nodes by name)")
-        onnx.save(prepared, str(base))
-        runner = _Work(base, plan, work)
-        say(" -> ".join(plan.steps()))
-        result_path = runner.apply(frozenset())
-        metric = accuracy.top1(result_path, data) if data is not None else None
-        kept: tuple[str, ...] = ()
-        ranking: tuple = s_ranking
-        trials = 1 + s_trials
-        if data is not None and max_drop is not None and baseline - metric > max_drop and structured and not quantize:
+    trials: int = 0
+    notes: tuple[str, ...] = ()
+
+    @staticmethod
+    def merge(parts: list[_Outcome]) -> _Outcome:
+        last = parts[-1]
+        return _Outcome(last.metric, last.kept, next((p.ranking for p in reversed(parts) if p.ranking), ()),
+                        last.layers, next((p.structured_layers for p in parts if p.structured_layers), ()),
+                        sum((p.reduced for p in parts), ()), sum(p.trials for p in parts),
+                        sum((p.notes for p in parts), ()))
+
+
+def _record(ctx: _Context, tool: str, detail: str, verified: bool | None) -> StepRecord:
+    if ctx.baseline is not None and ctx.max_drop is not None:
+        verified = True if verified is None else verified  # the budget held, or the step raised
+    return StepRecord("compress", "onnx", "onnx", tool, tuple(_versions().items()), detail, verified)
+
+
+class StructuredPruneStep:
+    """Whole channels removed through PyTorch (Torch-Pruning); under a budget, harmful layers pruned less."""
+
+    name = "compress"
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+
+    def describe(self) -> str:
+        return f"structured pruning {self.ctx.plan.prune:g} (ONNX -> PyTorch -> Torch-Pruning -> ONNX)"
+
+    def run(self, artifact: Artifact, staging: Staging) -> StepResult:
+        ctx = self.ctx
+        feeds = _example_feeds(ctx.specs, ctx.data, ctx.plan.calibration, ctx.source)
+        path, layers, notes, reduced, ranking, trials = _structured(
+            Path(artifact.path), staging.scratch("structured"), ctx.plan.prune, feeds, ctx.data, ctx.baseline,
+            ctx.max_drop, ctx.say)
+        last = ctx.plan.quantize is None  # else the quantized model is what gets measured
+        metric = accuracy.top1(path, ctx.data) if ctx.data is not None and last else None
+        if last and ctx.max_drop is not None and ctx.baseline - metric > ctx.max_drop:
             raise CheckFailedError(  # the exported model scores differently from the trial that met the budget
-                f"accuracy budget not met: top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}% after structured pruning "
-                f"(drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}); nothing written", path=src)
-        if data is not None and max_drop is not None and baseline - metric > max_drop:
-            if quantize:
-                candidates = quant.quantizable_nodes(prepared, quantize)
-            else:
-                names = {n for n, _ in prune_pass.prunable_weights(prepared).values()}
-                candidates = [n.name for n in prepared.graph.node if n.name in names]
-            say(f"top-1 drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}: ranking {len(candidates)} layers")
-            evaluate = lambda p: accuracy.top1(p, data)  # noqa: E731
-            if quantize:
-                res = accuracy.control(runner.apply, candidates, evaluate, baseline, max_drop,
-                                               first=(result_path, metric), say=say)
-            else:  # pruning alone: prune the harmful layers less before leaving them dense
-                res = accuracy.relax(lambda fr: runner.apply(frozenset(), fr), candidates, evaluate, baseline,
-                                             max_drop, plan.prune, first=(result_path, metric), say=say)
-            result_path, metric, kept, ranking = Path(res.path), res.metric, res.kept, res.ranking
-            runner.layers = runner.layers_of.get(result_path, runner.layers)  # the chosen trial's, not the last one's
-            trials += res.trials - 1
-            reduced += res.fractions
-            if baseline - metric > max_drop:
-                raise CheckFailedError(
-                    f"accuracy budget cannot be met: top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}% "
-                    f"(drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}) even with all "
-                    f"{len(kept)} layer(s) left uncompressed; nothing written", path=src)
-            if candidates and len(kept) == len(candidates):
-                raise CheckFailedError(
-                    f"accuracy budget cannot be met: top-1 drop {100 * (ranking[0].metric - baseline) * -1:.2f} pts "
-                    f"with only the most harmful layer ({ranking[0].node}) left uncompressed, and the budget of "
-                    f"{100 * max_drop:g} pts holds only with all {len(candidates)} layers left uncompressed "
-                    "(nothing compressed); nothing written", path=src)
-            if not quantize and all(layer.sparsity_after <= layer.sparsity_before for layer in runner.layers):
-                raise CheckFailedError(
-                    f"accuracy budget cannot be met: the budget of {100 * max_drop:g} pts holds only with fractions "
-                    f"({', '.join(f'{n} {f:g}' for n, f in reduced)}) that prune no weight; nothing written", path=src)
-        parity = None
-        if quantize == "fp16" or (quantize is None):
-            say("parity")
-            parity = _parity(src, result_path, data, enforce=quantize == "fp16")
-            if quantize == "fp16" and not parity:
-                raise CheckFailedError(f"fp16 model fails parity at fp16 tolerance: {parity.summary()}; nothing written", path=src)
-        say("latency")
-        p50 = _latency([src, result_path], bench_batches, bench_runs, say)
-        before = _stats(src, str(src), p50[0], baseline)
-        after = _stats(result_path, str(dest), p50[1], metric)
-        steps = plan.steps()
-        less = [(n, f) for n, f in reduced if f > 0]
-        if less:
-            steps += (f"accuracy control: pruned {len(less)} layer(s) less than {plan.prune:g}: "
-                      + ", ".join(f"{n} at {f:g}" for n, f in less),)
-        dense = [n for n, f in reduced if f == 0 and n not in kept]
-        if dense:
-            steps += (f"accuracy control: left {len(dense)} layer(s) unpruned: {', '.join(dense)}",)
-        if kept:
-            steps += (f"accuracy control: kept {len(kept)} layer(s) uncompressed: {', '.join(kept)}",)
-        detail = "; ".join(steps)
-        if baseline is not None:
-            detail += f"; top-1 {100 * baseline:.2f}% -> {100 * metric:.2f}%"
-        record = StepRecord("compress", "onnx", "onnx", "onnxruntime.quantization" if quantize in ("dynamic", "static", "int4")
-                            else ("onnxconverter-common" if quantize == "fp16" else "modelport.compress.prune"),
-                            tuple(_versions().items()), detail,
-                            verified=(bool(parity) if quantize == "fp16" else (True if max_drop is not None else None)))
-        artifact = Artifact(str(dest), "onnx", graph_signature(onnx.load(str(result_path), load_external_data=False)), (record,))
-        os.replace(result_path, dest)
-        return CompressReport(
-            str(src), str(dest), artifact, steps, before, after, "top-1" if data is not None else None, max_drop,
-            kept, ranking, runner.layers, structured_layers, trials, parity, quantize == "fp16", True, time.perf_counter() - t0, _versions(), tuple(notes),
-            reduced_fractions=reduced,
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                f"accuracy budget not met: top-1 {100 * ctx.baseline:.2f}% -> {100 * metric:.2f}% after structured "
+                f"pruning (drop {100 * (ctx.baseline - metric):.2f} pts > {100 * ctx.max_drop:g}); nothing written",
+                path=ctx.src)
+        outcome = _Outcome(metric, (), ranking, (), layers, reduced, trials, tuple(notes))
+        detail = ctx.plan.steps()[0] + _metric_note(ctx, metric)
+        return StepResult(Artifact(str(path), "onnx"), _record(ctx, "torch-pruning", detail, None), details=outcome)
+
+
+class QuantizePruneStep:
+    """Quantize (int8, int4, fp16) and/or magnitude-prune; under a budget, harmful layers kept or pruned less."""
+
+    name = "compress"
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+
+    def describe(self) -> str:
+        return " -> ".join(s for s in self.ctx.plan.steps() if "structured" not in s)
+
+    def run(self, artifact: Artifact, staging: Staging) -> StepResult:
+        ctx, work = self.ctx, staging.scratch("compress")
+        prepared, notes = _prepare(Path(artifact.path), ctx, work)
+        runner = _Work(work / "base.onnx", ctx.plan, work)
+        result_path = runner.apply(frozenset())
+        metric = accuracy.top1(result_path, ctx.data) if ctx.data is not None else None
+        outcome = _Outcome(metric, layers=runner.layers, trials=1, notes=tuple(notes))
+        if ctx.max_drop is not None and ctx.baseline - metric > ctx.max_drop:
+            result_path, outcome = _control(ctx, runner, prepared, result_path, outcome)
+        q = ctx.plan.quantize
+        tool = ("onnxruntime.quantization" if q in ("dynamic", "static", "int4")
+                else "onnxconverter-common" if q == "fp16" else "modelport.compress.prune")
+        detail = "; ".join(_report_steps(ctx.plan, outcome)) + _metric_note(ctx, outcome.metric)
+        return StepResult(Artifact(str(result_path), "onnx"), _record(ctx, tool, detail, None),
+                          tolerance=(FP16_RTOL, FP16_ATOL) if q == "fp16" else None, details=outcome)
+
+
+def _metric_note(ctx: _Context, metric: float | None) -> str:
+    return f"; top-1 {100 * ctx.baseline:.2f}% -> {100 * metric:.2f}%" if None not in (ctx.baseline, metric) else ""
+
+
+def _prepare(start: Path, ctx: _Context, work: Path):
+    """Quantization pre-processing (int8) and node names (accuracy control refers to nodes by name)."""
+    import onnx
+
+    notes: list[str] = []
+    base = work / "base.onnx"
+    if ctx.plan.quantize in ("dynamic", "static"):
+        ctx.say("quantization pre-processing")
+        scratch = work / "preprocess"
+        scratch.mkdir()
+        notes += quant.preprocess(start, base, scratch)
+        prepared = onnx.load(str(base))
+    else:
+        prepared = onnx.load(str(start)) if start != ctx.src else ctx.source
+    if quant.name_nodes(prepared):
+        notes.append("unnamed nodes were given names (accuracy control refers to nodes by name)")
+    onnx.save(prepared, str(base))
+    return prepared, notes
+
+
+def _control(ctx: _Context, runner: _Work, prepared, result_path: Path, outcome: _Outcome) -> tuple[Path, _Outcome]:
+    """The budget is exceeded: leave the most harmful layers uncompressed (or prune them less) until it holds."""
+    quantize, baseline, max_drop, metric = ctx.plan.quantize, ctx.baseline, ctx.max_drop, outcome.metric
+    if quantize:
+        candidates = quant.quantizable_nodes(prepared, quantize)
+    else:
+        names = {n for n, _ in prune_pass.prunable_weights(prepared).values()}
+        candidates = [n.name for n in prepared.graph.node if n.name in names]
+    ctx.say(f"top-1 drop {100 * (baseline - metric):.2f} pts > {100 * max_drop:g}: ranking {len(candidates)} layers")
+    evaluate = lambda p: accuracy.top1(p, ctx.data)  # noqa: E731
+    if quantize:
+        res = accuracy.control(runner.apply, candidates, evaluate, baseline, max_drop,
+                               first=(result_path, metric), say=ctx.say)
+    else:  # pruning alone: prune the harmful layers less before leaving them dense
+        res = accuracy.relax(lambda fr: runner.apply(frozenset(), fr), candidates, evaluate, baseline,
+                             max_drop, ctx.plan.prune, first=(result_path, metric), say=ctx.say)
+    layers = runner.layers_of.get(Path(res.path), runner.layers)  # the chosen trial's, not the last one's
+    chosen = dataclasses.replace(outcome, metric=res.metric, kept=res.kept, ranking=res.ranking, layers=layers,
+                                 reduced=res.fractions, trials=res.trials)
+    kept, ranking, reduced = res.kept, res.ranking, res.fractions
+    if baseline - res.metric > max_drop:
+        raise CheckFailedError(
+            f"accuracy budget cannot be met: top-1 {100 * baseline:.2f}% -> {100 * res.metric:.2f}% "
+            f"(drop {100 * (baseline - res.metric):.2f} pts > {100 * max_drop:g}) even with all "
+            f"{len(kept)} layer(s) left uncompressed; nothing written", path=ctx.src)
+    if candidates and len(kept) == len(candidates):
+        raise CheckFailedError(
+            f"accuracy budget cannot be met: top-1 drop {100 * (ranking[0].metric - baseline) * -1:.2f} pts "
+            f"with only the most harmful layer ({ranking[0].node}) left uncompressed, and the budget of "
+            f"{100 * max_drop:g} pts holds only with all {len(candidates)} layers left uncompressed "
+            "(nothing compressed); nothing written", path=ctx.src)
+    if not quantize and all(layer.sparsity_after <= layer.sparsity_before for layer in layers):
+        raise CheckFailedError(
+            f"accuracy budget cannot be met: the budget of {100 * max_drop:g} pts holds only with fractions "
+            f"({', '.join(f'{n} {f:g}' for n, f in reduced)}) that prune no weight; nothing written", path=ctx.src)
+    return Path(res.path), chosen
+
+
+def _parity_verifier(ctx: _Context):
+    """fp16 must match the original at fp16 tolerance; pruning alone is compared and reported, not enforced."""
+    quantize = ctx.plan.quantize
+    if quantize not in ("fp16", None):
+        return None  # int8/int4 are judged on the task metric (--eval), not elementwise
+
+    def verify(source: Artifact, result: Artifact, _tolerance) -> Verdict:
+        parity = _parity(Path(source.path), Path(result.path), ctx.data, enforce=quantize == "fp16")
+        return Verdict(parity.ok, f"fp16 model fails parity at fp16 tolerance: {parity.summary()}; nothing written",
+                       parity, enforce=quantize == "fp16")
+
+    return verify
+
+
+def _report_steps(plan: _Plan, outcome: _Outcome) -> tuple[str, ...]:
+    """What was applied, in order, with accuracy control's decisions."""
+    steps = plan.steps()
+    less = [(n, f) for n, f in outcome.reduced if f > 0]
+    if less:
+        steps += (f"accuracy control: pruned {len(less)} layer(s) less than {plan.prune:g}: "
+                  + ", ".join(f"{n} at {f:g}" for n, f in less),)
+    dense = [n for n, f in outcome.reduced if f == 0 and n not in outcome.kept]
+    if dense:
+        steps += (f"accuracy control: left {len(dense)} layer(s) unpruned: {', '.join(dense)}",)
+    if outcome.kept:
+        steps += (f"accuracy control: kept {len(outcome.kept)} layer(s) uncompressed: {', '.join(outcome.kept)}",)
+    return steps

@@ -1,26 +1,23 @@
-"""The convert pipeline: plan a route, run each converter into a temp dir, verify, rename into place."""
+"""convert: plan a route, run one step per converter edge in a staging area, verify, place the result."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modelport.artifact import Artifact, StepRecord, TensorSpec
 from modelport.convert.registry import ConvertOptions, output_kind, plan
-from modelport.errors import BadInputError, CheckFailedError
+from modelport.errors import BadInputError
 from modelport.formats import LoadOptions, detect, open_runner
-from modelport.quiet import native_output
+from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 from modelport.verify import ParityReport, compare_runners
 
-__all__ = ["ConvertReport", "convert", "default_output", "place"]
+__all__ = ["ConvertReport", "ConvertStep", "convert", "default_output", "parity_verifier"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,17 +47,6 @@ def default_output(src: str, dst_format: str) -> str:
     kind = output_kind(dst_format)
     name = f"{stem}_{dst_format.replace('-', '_')}" if kind == "/" else stem + kind
     return str(base.parent / name)
-
-
-def place(tmp_path: Path, out: Path) -> None:
-    """Move a finished output into place; an existing output is replaced only at the very end."""
-    if out.is_dir() and not out.is_symlink():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, backup)
-        os.replace(tmp_path, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp_path, out)
 
 
 # Formats whose example-input shapes are hints, not constraints: they run at any batch size.
@@ -104,19 +90,41 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _record_lineage(path: Path, fmt: str, steps: tuple[StepRecord, ...]) -> None:
-    payload = json.dumps([dataclasses.asdict(s) for s in steps])
-    if fmt == "onnx":
-        import onnx
+@dataclasses.dataclass(frozen=True)
+class ConvertStep:
+    """One converter edge of a route: the previous artifact in, the edge's format out (in scratch)."""
 
-        model = onnx.load(str(path), load_external_data=False)
-        for prop in list(model.metadata_props):
-            if prop.key == "modelport.lineage":
-                model.metadata_props.remove(prop)
-        model.metadata_props.add(key="modelport.lineage", value=payload)
-        onnx.save(model, str(path))
-    elif path.is_dir():
-        (path / "modelport_lineage.json").write_text(payload)
+    edge: Any
+    options: ConvertOptions
+    index: int
+    name: str = "convert"
+
+    def describe(self) -> str:
+        return f"{self.edge.src} -> {self.edge.dst} ({self.edge.name})"
+
+    def run(self, artifact: Artifact, staging: Staging) -> StepResult:
+        kind = output_kind(self.edge.dst)
+        out = staging.scratch(f"step{self.index}") / ("model" + ("" if kind == "/" else kind))
+        res = self.edge.fn(artifact.path, str(out), self.options)
+        detail = res.detail
+        if self.index == 0 and (digest := _sha256(artifact.path)):
+            detail = f"{detail}; source sha256 {digest[:16]}"
+        record = StepRecord("convert", self.edge.src, self.edge.dst, res.tool, res.versions, detail)
+        return StepResult(Artifact(str(out), self.edge.dst), record, tuple(res.warnings), res.tolerance)
+
+
+def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol, seed):
+    """Convert's verification: the result against the source on the same inputs (two shapes when dynamic)."""
+
+    def verify(source: Artifact, result: Artifact, tolerance: tuple[float, float] | None) -> Verdict:
+        r, a = (rtol, atol) if rtol is not None or atol is not None or tolerance is None else tolerance
+        with open_runner(source.path, fmt, LoadOptions(weights=options.weights, inputs=options.inputs)) as ra, \
+                open_runner(result.path, result.format) as rb:
+            parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=r, atol=a, seed=seed,
+                                     specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature))
+        return Verdict(parity.ok, f"converted model does not match the source: {parity.summary()}", parity)
+
+    return verify
 
 
 def convert(
@@ -148,59 +156,23 @@ def convert(
         UnsupportedError: no route, or an op the target lacks.
     """
     started = time.perf_counter()
-    options = options or ConvertOptions()
-    src = str(src)
+    options, src = options or ConvertOptions(), str(src)
     fmt = detect(src, src_format)
     route = plan(fmt, to)
     out_path = Path(out or default_output(src, to))
     if out_path.exists() and out_path.is_dir() != (output_kind(to) == "/"):
         raise BadInputError(f"output exists and is a {'directory' if out_path.is_dir() else 'file'}", path=out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    steps: list[StepRecord] = []
-    warnings: list[str] = []
-    tolerances: list[tuple[float, float]] = []
-    try:
-        current = src
-        for i, edge in enumerate(route):
-            kind = output_kind(edge.dst)
-            step_out = tmp / (f"step{i}" + ("" if kind == "/" else kind))
-            if progress:
-                progress(f"{edge.src} -> {edge.dst} ({edge.name})")
-            with native_output():  # converters' C++ INFO lines (TF, LiteRT, OpenVINO) stay off the terminal
-                res = edge.fn(current, str(step_out), options if i == 0 else dataclasses.replace(options, weights=None, inputs=()))
-            warnings.extend(res.warnings)
-            if res.tolerance:
-                tolerances.append(res.tolerance)
-            steps.append(StepRecord("convert", edge.src, edge.dst, res.tool, res.versions, res.detail))
-            current = str(step_out)
-        parity = None
-        if verify:
-            if rtol is None and atol is None and tolerances:
-                rtol, atol = max(t[0] for t in tolerances), max(t[1] for t in tolerances)
-            if progress:
-                progress("verifying parity")
-            with open_runner(src, fmt, LoadOptions(weights=options.weights, inputs=options.inputs)) as ra, \
-                    open_runner(current, to) as rb:
-                parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed,
-                                         specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature))
-                sig = rb.signature
-            last = steps[-1]
-            steps[-1] = dataclasses.replace(last, verified=parity.ok)
-            if not parity.ok:
-                raise CheckFailedError(f"converted model does not match the source: {parity.summary()}", report=parity, path=src)
-        else:
-            with open_runner(current, to) as rb:
-                sig = rb.signature
-        digest = _sha256(src)
-        if digest:
-            steps[0] = dataclasses.replace(steps[0], detail=f"{steps[0].detail}; source sha256 {digest[:16]}")
-        _record_lineage(Path(current), to, tuple(steps))
-        place(Path(current), out_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    later = dataclasses.replace(options, weights=None, inputs=())  # only the first edge reads the user's weights
+    steps = [ConvertStep(edge, options if i == 0 else later, i) for i, edge in enumerate(route)]
+    verifier = parity_verifier(fmt, options, inputs, dims, rtol, atol, seed) if verify else None
+    with Staging(out_path) as staging:
+        result = Pipeline(steps, verify=verifier, progress=progress).run(Artifact(src, fmt, lineage=read_lineage(src)), staging)
+        with open_runner(result.artifact.path, to) as rb:
+            sig = rb.signature
+        staging.place(result.artifact.path, out_path)
+    parity = result.verdict.parity if result.verdict else None
     if parity is not None:
         parity = dataclasses.replace(parity, b=str(out_path))  # not the temporary file it was run from
-    artifact = Artifact(str(out_path), to, sig, tuple(steps))
-    return ConvertReport(src, fmt, to, artifact, tuple(e.name for e in route), parity, tuple(warnings),
-                         time.perf_counter() - started, True)
+    artifact = dataclasses.replace(result.artifact, path=str(out_path), signature=sig)
+    return ConvertReport(src, fmt, to, artifact, tuple(e.name for e in route), parity, result.warnings,
+                         time.perf_counter() - started, parity.ok if parity is not None else True)
