@@ -1,0 +1,75 @@
+"""Honest parity verdicts: non-finite values, top-1 on decided rows, exact integers; on real ONNX models too."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from modelport.verify.parity import compare_output
+
+
+def _add_model(path, offset: np.ndarray) -> str:
+    """y = x + offset (offset a constant), x: [batch, 4] float32."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])], "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(offset.astype(np.float32), "offset")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_inf_where_the_reference_is_finite_fails_the_cli(cli, tmp_path):
+    same = _add_model(tmp_path / "same.onnx", np.zeros(4))
+    bad = _add_model(tmp_path / "inf.onnx", np.array([0, 0, np.inf, 0]))
+    res = cli("verify", same, bad)
+    assert res.exit_code == 1
+    assert "inf where the reference is finite" in res.stdout + res.stderr
+    ok = cli("verify", same, _add_model(tmp_path / "same2.onnx", np.zeros(4)))
+    assert ok.exit_code == 0 and "parity ok" in ok.stdout
+
+
+def test_non_finite_mismatches_fail_with_their_reason():
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    inf = compare_output("y", x, x + np.array([0, 0, np.inf, 0], np.float32), None, None)
+    assert not inf.ok and inf.max_abs == float("inf") and "inf where the reference is finite at 2 position(s)" in inf.reason
+    signs = compare_output("y", np.array([np.inf, 1.0]), np.array([-np.inf, 1.0]), None, None)
+    assert not signs.ok and "inf of the opposite sign at 1 position(s) (first [0])" in signs.reason
+    moved = compare_output("y", np.array([np.nan, 1.0]), np.array([1.0, np.nan]), None, None)
+    assert not moved.ok and "NaN where the reference is not NaN" in moved.reason and "no NaN where" in moved.reason
+    lost = compare_output("y", np.array([np.inf, 1.0]), np.array([3.0e38, 1.0]), None, None)
+    assert not lost.ok and "finite where the reference is inf" in lost.reason
+
+
+def test_matching_non_finite_values_pass_and_the_finite_part_is_measured():
+    ref = np.array([np.nan, np.inf, -np.inf, 1.0, 2.0])
+    got = np.array([np.nan, np.inf, -np.inf, 1.0, 2.0 + 1e-9])
+    res = compare_output("y", ref, got, None, None)
+    assert res.ok and res.max_abs == pytest.approx(1e-9, rel=1e-3) and res.reason == ""
+
+
+def test_top1_fails_on_decided_rows_and_reports_near_ties():
+    ref = np.array([[1.0, 0.99999, 0.0], [3.0, 0.0, 1.0]], np.float32)
+    tie = np.array([[0.99999, 1.0, 0.0], [3.0, 0.0, 1.0]], np.float32)
+    res = compare_output("scores", ref, tie, 1e-4, 1e-4)  # elementwise within tolerance, argmax flips on the tie
+    assert res.ok and res.top1 == 0.5 and "1 near-tie row(s)" in res.reason
+    # row 2: margin 2 > atol 1.8, every element within 1.8 of the reference, yet the argmax moved
+    flipped = np.array([[1.0, 0.99999, 0.0], [1.3, 1.7, 1.0]], np.float32)
+    res = compare_output("scores", ref, flipped, 0.0, 1.8)
+    assert res.max_abs <= 1.8 and not res.ok and "top-1 differs on 1 of 2 row(s)" in res.reason
+
+
+def test_integer_outputs_must_match_exactly_whatever_the_tolerance():
+    res = compare_output("ids", np.array([1, 2, 3]), np.array([1, 2, 4]), rtol=1.0, atol=5.0)
+    assert not res.ok and res.max_abs == 1.0 and "1 of 3 integer values differ" in res.reason
+    assert compare_output("ids", np.array([True, False]), np.array([True, False]), None, None).ok
+
+
+def test_a_plain_tolerance_failure_states_its_figures():
+    res = compare_output("y", np.array([1.0, 2.0], np.float32), np.array([1.0, 2.1], np.float32), None, None)
+    assert not res.ok and res.max_abs == pytest.approx(0.1, rel=1e-5) and res.max_rel == pytest.approx(0.05, rel=1e-4)
