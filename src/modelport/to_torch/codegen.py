@@ -24,7 +24,6 @@ from onnx import helper as onnx_helper
 from onnx import numpy_helper
 
 from modelport.to_torch import dtypes, naming
-from modelport.to_torch.helpers import HELPERS
 
 #: ops through which gradients do not flow; a float constant only they read stays a buffer.
 NON_DIFFERENTIABLE = {"Shape", "Size", "Equal", "Less", "Greater", "LessOrEqual",
@@ -98,10 +97,13 @@ class ModuleState:
     fused: dict[int, str] = field(default_factory=dict)
 
     def helper(self, name: str) -> str:
+        """Marks runtime function ``name`` for model.py, after the runtime functions it calls."""
+        from modelport.to_torch.runtime import HELPERS  # imports torch: not before a model needs it
+
         if name not in self.helpers:
             src = HELPERS[name]
             for other in HELPERS:
-                if other != name and f"{other}(" in src:
+                if other != name and re.search(rf"(?<![\w.]){other}\(", src):
                     self.helper(other)
             self.helpers.append(name)
         return name

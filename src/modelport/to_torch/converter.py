@@ -238,7 +238,7 @@ def _assemble(ms, g, args, ret, model) -> tuple[str, dict[str, int]]:
             "by a comment naming the ONNX node (name and op_type) it came from.", '"""', "",
             "import math", "", "import torch", "from torch import nn",
             "from torch.nn import functional as F", ""]
-    from modelport.to_torch.helpers import HELPERS
+    from modelport.to_torch.runtime import HELPERS
 
     for h in ms.helpers:
         head += ["", HELPERS[h].strip("\n"), ""]

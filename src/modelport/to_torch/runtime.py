@@ -1,50 +1,47 @@
-"""Small torch functions copied into a generated model.py when an op needs one.
+"""The torch functions a generated model.py may need, as real code.
 
-They use only ``torch``, ``F`` (torch.nn.functional) and ``math``, so model.py runs where
-modelport is not installed. A helper may call another; codegen copies both.
+When an op converter needs one, codegen copies the function's source text (``HELPERS``) into
+model.py, which imports only ``torch``, ``F`` (torch.nn.functional) and ``math``. So a function
+here may use only those three names and the other functions of this module (called by name;
+codegen copies those too), never modelport or another package.
+
+This module imports torch: codegen imports it on the first helper a model needs, so that
+``import modelport`` stays free of torch.
 """
 
-from __future__ import annotations
+import inspect
+import math
 
-HELPERS: dict[str, str] = {}
-
-
-def _h(src: str) -> None:
-    name = src.split("def ", 1)[1].split("(", 1)[0]
-    HELPERS[name] = src
+import torch
+import torch.nn.functional as F
 
 
-_h('''
 def _div(a, b):
     """ONNX Div: truncating for integers, true division for floats."""
     if isinstance(a, torch.Tensor) and not a.is_floating_point():
         return torch.div(a, b, rounding_mode="trunc")
     return a / b
-''')
 
-_h('''
+
 def _cast_f8_saturate(x, dtype):
     """Cast to float8, clamping to the type's finite range (ONNX saturate=1)."""
     big = torch.finfo(dtype).max
     return x.to(torch.float32).clamp(-big, big).to(dtype)
-''')
 
-_h('''
+
 def _reshape(x, shape, allowzero=0):
     """ONNX Reshape: 0 copies the input dim (unless allowzero), -1 is inferred."""
     shape = [int(d) for d in shape]
     if not allowzero:
         shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
     return x.reshape(shape)
-''')
 
-_h('''
+
 def _expand(x, shape):
     """ONNX Expand: bidirectional broadcast of x to shape."""
     return x.expand(torch.broadcast_shapes(x.shape, tuple(int(d) for d in shape)))
-''')
 
-_h('''
+
 def _slice(x, starts, ends, axes=None, steps=None):
     """ONNX Slice with any signs of starts, ends and steps."""
     axes = list(range(len(starts))) if axes is None else [int(a) % x.dim() for a in axes]
@@ -63,9 +60,8 @@ def _slice(x, starts, ends, axes=None, steps=None):
             else:
                 x = x.narrow(a, e + 1, s - e).flip(a)[(slice(None),) * a + (slice(None, None, -st),)]
     return x
-''')
 
-_h('''
+
 def _same_pads(sizes, kernel, strides, dilations, upper):
     """ONNX auto_pad SAME_UPPER / SAME_LOWER: F.pad-order pads for the spatial dims."""
     pads = []
@@ -74,18 +70,16 @@ def _same_pads(sizes, kernel, strides, dilations, upper):
         small, big = total // 2, total - total // 2
         pads.append((small, big) if upper else (big, small))
     return [p for pair in reversed(pads) for p in pair]
-''')
 
-_h('''
+
 def _unsqueeze(x, axes):
     """ONNX Unsqueeze with axes that may be negative (relative to the output rank)."""
     r = x.dim() + len(axes)
     for a in sorted(int(a) % r for a in axes):
         x = x.unsqueeze(a)
     return x
-''')
 
-_h('''
+
 def _gather_nd(data, indices, batch_dims=0):
     """ONNX GatherND."""
     b = data.shape[:batch_dims]
@@ -97,9 +91,8 @@ def _gather_nd(data, indices, batch_dims=0):
     batch = torch.arange(nb).reshape(nb, 1).expand(nb, idx.shape[1])
     out = d[(batch,) + tuple(idx[..., i] for i in range(k))]
     return out.reshape(tuple(indices.shape[:-1]) + tuple(data.shape[batch_dims + k:]))
-''')
 
-_h('''
+
 def _scatter_nd(data, indices, updates, reduction="none"):
     """ONNX ScatterND."""
     out = data.clone()
@@ -120,9 +113,8 @@ def _scatter_nd(data, indices, updates, reduction="none"):
             else:
                 out[key] = torch.minimum(out[key], upd[i])
     return out
-''')
 
-_h('''
+
 def _pad(x, pads, mode="constant", value=0.0, axes=None):
     """ONNX Pad: pads = [begin_0, ..., begin_n, end_0, ..., end_n] over axes."""
     pads = [int(p) for p in pads]
@@ -151,9 +143,8 @@ def _pad(x, pads, mode="constant", value=0.0, axes=None):
             idx = torch.arange(-b, n + e) % n
         x = x.index_select(a, idx)
     return x
-''')
 
-_h('''
+
 def _cumsum(x, axis, exclusive=0, reverse=0):
     """ONNX CumSum."""
     axis = int(axis)
@@ -163,9 +154,8 @@ def _cumsum(x, axis, exclusive=0, reverse=0):
     if exclusive:
         y = y - x
     return y.flip(axis) if reverse else y
-''')
 
-_h('''
+
 def _cumprod(x, axis, exclusive=0, reverse=0):
     """ONNX CumProd."""
     axis = int(axis)
@@ -175,9 +165,8 @@ def _cumprod(x, axis, exclusive=0, reverse=0):
         x = torch.cat([torch.ones_like(x.narrow(axis, 0, 1)), x.narrow(axis, 0, x.shape[axis] - 1)], axis)
     y = torch.cumprod(x, axis, dtype=x.dtype)
     return y.flip(axis) if reverse else y
-''')
 
-_h('''
+
 def _onehot(indices, depth, values, axis=-1):
     """ONNX OneHot."""
     depth = int(depth)
@@ -187,9 +176,8 @@ def _onehot(indices, depth, values, axis=-1):
     hot = F.one_hot(torch.where(valid, idx, 0), depth) * valid.unsqueeze(-1)
     out = torch.where(hot.bool(), values[1], values[0])
     return out.movedim(-1, axis % out.dim())
-''')
 
-_h('''
+
 def _reverse_sequence(x, lens, batch_axis=1, time_axis=0):
     """ONNX ReverseSequence."""
     out = x.clone()
@@ -199,9 +187,8 @@ def _reverse_sequence(x, lens, batch_axis=1, time_axis=0):
         dst = out.select(batch_axis, b)
         dst.narrow(t, 0, n).copy_(src.narrow(t, 0, n).flip(t))
     return out
-''')
 
-_h('''
+
 def _unique(x, axis=None, sorted_=1):
     """ONNX Unique: values, first-occurrence indices, inverse indices, counts."""
     if axis is None:
@@ -220,9 +207,8 @@ def _unique(x, axis=None, sorted_=1):
         vals = vals.index_select(0 if axis is None else axis, order)
         first, counts, inv = first[order], counts[order], remap[inv]
     return vals, first, inv.reshape(-1), counts
-''')
 
-_h('''
+
 def _reduce_prod(x, dims, keepdim):
     """Product over several dims (torch.prod takes one)."""
     dims = [dims] if isinstance(dims, int) else sorted((d % max(x.dim(), 1) for d in dims), reverse=True)
@@ -232,9 +218,8 @@ def _reduce_prod(x, dims, keepdim):
         for d in dims:
             x = x.squeeze(d)
     return x
-''')
 
-_h('''
+
 def _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same):
     """F.pad-order pads for a pooling window, with ceil_mode turned into extra end padding."""
     k = len(kernel)
@@ -263,9 +248,8 @@ def _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same):
     for i in reversed(range(k)):
         inner += [0, extra[i]]
     return tp, inner
-''')
 
-_h('''
+
 def _max_pool(x, kernel, strides, pads, dilations, ceil_mode, same):
     """ONNX MaxPool with any padding."""
     tp, _ = _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same)
@@ -273,18 +257,17 @@ def _max_pool(x, kernel, strides, pads, dilations, ceil_mode, same):
     lowest = -math.inf if x.is_floating_point() else torch.iinfo(x.dtype).min
     xp = F.pad(x.to(torch.float64) if not x.is_floating_point() else x, tp, value=lowest)
     return fn(xp, kernel, strides, 0, dilations).to(x.dtype)
-''')
 
-_h('''
+
 def _window_sum(x, kernel, strides, dilations):
+    """Sum of each pooling window, per channel (a depthwise conv with all-ones weights)."""
     c = x.shape[1]
     k = len(kernel)
     w = torch.ones((c, 1) + tuple(kernel), dtype=x.dtype)
     fn = (F.conv1d, F.conv2d, F.conv3d)[k - 1]
     return fn(x, w, None, strides, 0, dilations, c)
-''')
 
-_h('''
+
 def _avg_pool(x, kernel, strides, pads, dilations, ceil_mode, same, count_include_pad):
     """ONNX AveragePool with any padding: window sums divided by window counts."""
     tp, inner = _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same)
@@ -296,17 +279,15 @@ def _avg_pool(x, kernel, strides, pads, dilations, ceil_mode, same, count_includ
     s = _window_sum(F.pad(x, tp), kernel, strides, dilations)
     cnt = _window_sum(mask, kernel, strides, dilations)
     return s / cnt
-''')
 
-_h('''
+
 def _lp_pool(x, kernel, strides, pads, dilations, ceil_mode, same, p):
     """ONNX LpPool."""
     tp, _ = _pool_pads(x, kernel, strides, pads, dilations, ceil_mode, same)
     s = _window_sum(F.pad(x.abs() ** p, tp), kernel, strides, dilations)
     return s ** (1.0 / p)
-''')
 
-_h('''
+
 def _max_pool_with_indices(x, kernel, strides, pads, dilations, ceil_mode, storage_order):
     """ONNX MaxPool with its Indices output (flat offsets into the whole input)."""
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(kernel) - 1]
@@ -318,9 +299,8 @@ def _max_pool_with_indices(x, kernel, strides, pads, dilations, ceil_mode, stora
     plane = math.prod(spatial)
     base = torch.arange(x.shape[0] * x.shape[1]).reshape((x.shape[0], x.shape[1]) + (1,) * len(spatial))
     return y, idx + base * plane
-''')
 
-_h('''
+
 def _layer_norm(x, scale, bias, axis, eps):
     """ONNX LayerNormalization: (y, mean, inv_std_dev), statistics in float32."""
     dims = tuple(range(axis % x.dim(), x.dim()))
@@ -331,18 +311,16 @@ def _layer_norm(x, scale, bias, axis, eps):
     if bias is not None:
         y = y + bias
     return y, mean, inv
-''')
 
-_h('''
+
 def _rms_norm(x, scale, axis, eps):
     """ONNX RMSNormalization."""
     dims = tuple(range(axis % x.dim(), x.dim()))
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     y = xf * torch.rsqrt((xf * xf).mean(dim=dims, keepdim=True) + eps)
     return y.to(x.dtype) * scale
-''')
 
-_h('''
+
 def _nll_loss(x, target, weight=None, reduction="mean", ignore_index=None):
     """ONNX NegativeLogLikelihoodLoss over (N, C, d1, ...) inputs."""
     t = target.long()
@@ -357,9 +335,8 @@ def _nll_loss(x, target, weight=None, reduction="mean", ignore_index=None):
     if reduction == "sum":
         return loss.sum()
     return loss
-''')
 
-_h('''
+
 def _resize_matrix(n_in, n_out, scale, mode, ctm, a, exclude, nearest, antialias, roi):
     """(n_out, n_in) interpolation weights for one axis, and which outputs extrapolate."""
     o = torch.arange(n_out, dtype=torch.float64)
@@ -407,9 +384,8 @@ def _resize_matrix(n_in, n_out, scale, mode, ctm, a, exclude, nearest, antialias
             k = torch.where((idx < 0) | (idx > n_in - 1), 0.0, k)
         w.index_put_((torch.arange(n_out), idx.clamp(0, n_in - 1).long()), k, accumulate=True)
     return w / w.sum(1, keepdim=True), outside
-''')
 
-_h('''
+
 def _resize(x, roi, scales, sizes, mode="nearest", ctm="half_pixel", a=-0.75, exclude=0,
             extrapolation=0.0, nearest="round_prefer_floor", antialias=0, axes=None,
             policy="stretch"):
@@ -443,9 +419,8 @@ def _resize(x, roi, scales, sizes, mode="nearest", ctm="half_pixel", a=-0.75, ex
     if not dtype.is_floating_point:
         y = y.round().clamp(torch.iinfo(dtype).min, torch.iinfo(dtype).max)
     return y.to(dtype)
-''')
 
-_h('''
+
 def _q_param(p, x, axis, block):
     """Broadcasts a per-axis or blocked quantization parameter against x."""
     if p.dim() == 0 or p.numel() == 1 and block == 0:
@@ -456,23 +431,24 @@ def _q_param(p, x, axis, block):
     shape = [1] * x.dim()
     shape[axis] = -1
     return p.reshape(shape)
-''')
 
-_h('''
+
 def _quantize(x, scale, zero_point, dtype, axis=1, block=0):
     """ONNX QuantizeLinear: saturate(round(x / scale) + zero_point)."""
     s = _q_param(scale, x, axis, block)
     if dtype.is_floating_point:
         big = torch.finfo(dtype).max
         return (x.to(torch.float32) / s.to(torch.float32)).clamp(-big, big).to(dtype)
-    y = torch.round(x.to(torch.float64) / s.to(torch.float64))
+    # divide in float32 for float inputs up to float32, as ONNX does: in float64 a quotient just
+    # above a tie (0.25 / 0.02 = 12.50000028) rounds up where ONNX rounds it to even (12)
+    wide = torch.float32 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+    y = torch.round(x.to(wide) / s.to(wide)).to(torch.float64)
     if zero_point is not None:
         y = y + _q_param(zero_point, x, axis, block).to(torch.float64)
     info = torch.iinfo(dtype)
     return y.clamp(info.min, info.max).to(dtype)
-''')
 
-_h('''
+
 def _dequantize(x, scale, zero_point=None, axis=1, block=0, dtype=None):
     """ONNX DequantizeLinear: (x - zero_point) * scale."""
     s = _q_param(scale, x, axis, block)
@@ -480,9 +456,8 @@ def _dequantize(x, scale, zero_point=None, axis=1, block=0, dtype=None):
     if zero_point is not None and not x.dtype.is_floating_point:
         y = y - _q_param(zero_point, x, axis, block).to(y.dtype)
     return (y * s.to(y.dtype)).to(scale.dtype if dtype is None else dtype)
-''')
 
-_h('''
+
 def _dynamic_quantize(x):
     """ONNX DynamicQuantizeLinear: uint8 y, its scale and zero point."""
     hi = torch.clamp(x.max(), min=0)
@@ -491,35 +466,35 @@ def _dynamic_quantize(x):
     zp = torch.clamp(torch.round(-lo / scale), 0, 255)
     y = torch.clamp(torch.round(x / scale) + zp, 0, 255)
     return y.to(torch.uint8), scale, zp.to(torch.uint8)
-''')
 
-_h('''
+
 def _row_zp(zp):
+    """MatMulInteger's A zero point as float64: a 1-D (per-row) one becomes a column."""
     zp = zp.double()
     return zp.unsqueeze(-1) if zp.dim() == 1 else zp
-''')
 
-_h('''
+
 def _channel_zp(zp, rank):
+    """ConvInteger's W zero point as float64: a 1-D (per output channel) one shaped to broadcast
+    over a weight of rank ``rank``."""
     zp = zp.double()
     return zp.reshape((-1,) + (1,) * (rank - 1)) if zp.dim() == 1 else zp
-''')
 
-_h('''
+
 def _seq_insert(seq, t, pos):
+    """A new list: seq with t inserted at pos (ONNX SequenceInsert); seq is unchanged."""
     out = list(seq)
     out.insert(pos, t)
     return out
-''')
 
-_h('''
+
 def _seq_erase(seq, pos):
+    """A new list: seq without the item at pos (ONNX SequenceErase); seq is unchanged."""
     out = list(seq)
     out.pop(pos)
     return out
-''')
 
-_h('''
+
 def _attention(q, k, v, mask=None, past_k=None, past_v=None, nonpad=None, is_causal=0,
                q_heads=None, kv_heads=None, scale=None, softcap=0.0, qk_mode=0,
                softmax_dtype=None):
@@ -578,9 +553,8 @@ def _attention(q, k, v, mask=None, past_k=None, past_v=None, nonpad=None, is_cau
     if three_d:
         y = y.transpose(1, 2).reshape(b, ql, -1)
     return y, present_k, present_v, out_qk.to(q.dtype)
-''')
 
-_h('''
+
 def _rnn(kind, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, hidden=None,
          direction="forward", layout=0, acts=None, clip=None, lbr=0, input_forget=0):
     """ONNX RNN / GRU / LSTM: (Y, Y_h[, Y_c]) with Y as [seq, dirs, batch, hidden]."""
@@ -653,4 +627,11 @@ def _rnn(kind, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, hidden=None
     if layout:
         y, y_h, y_c = y.permute(2, 0, 1, 3), y_h.transpose(0, 1), y_c.transpose(0, 1)
     return y, y_h, y_c
-''')
+
+
+#: name -> source text of each function above, in definition order (codegen copies them).
+HELPERS: dict[str, str] = {
+    name: inspect.getsource(fn)
+    for name, fn in list(globals().items())
+    if inspect.isfunction(fn) and fn.__module__ == __name__
+}
