@@ -170,7 +170,7 @@ def test_static_int8_cnn_is_under_a_third_and_within_a_point(digits_cnn, tmp_pat
     out = tmp_path / "cnn.int8.onnx"
     report = compress(digits_cnn["model"], out, quantize="static", calibration=digits_cnn["calib"],
                       eval_data=digits_cnn["eval"], max_drop=0.01, bench_runs=RUNS)
-    assert report and out.is_file()
+    assert report.ok and out.is_file()
     assert report.size_ratio <= 0.30, report.size_ratio
     assert report.before.metric > 0.85  # the CNN learned something, so the drop means something
     assert report.drop <= 0.01
@@ -362,7 +362,7 @@ def test_structured_accuracy_control_prunes_less_or_fails(digits_cnn, structured
     out = tmp_path / "cnn.s.onnx"
     report = compress(digits_cnn["model"], out, prune=0.5, structured=True, eval_data=digits_cnn["eval"],
                       max_drop=0.03, bench_runs=0)
-    assert report and report.drop <= 0.03
+    assert report.ok and report.drop <= 0.03
     reduced = dict(report.reduced_fractions)
     assert reduced and all(f < 0.5 for f in reduced.values())
     assert any(step.startswith("accuracy control:") for step in report.steps)
@@ -535,7 +535,7 @@ def test_accuracy_control_keeps_the_outlier_layer_in_float(outlier_mlp, tmp_path
     out = tmp_path / "controlled.onnx"
     controlled = compress(outlier_mlp["model"], out, quantize="static", calibration=outlier_mlp["calib"],
                           eval_data=outlier_mlp["eval"], max_drop=0.01, bench_runs=0)
-    assert controlled and controlled.drop <= 0.01
+    assert controlled.ok and controlled.drop <= 0.01
     assert controlled.kept_float == (fc1,)
     assert controlled.sensitivity[0].node == fc1
     assert controlled.sensitivity[0].metric > controlled.sensitivity[-1].metric
@@ -549,7 +549,7 @@ def test_pruning_accuracy_control_prunes_the_harmful_layers_less(digits_cnn, tmp
     assert plain.drop > 0.01, "70% of every layer should cost more than a point on this CNN"
     out = tmp_path / "controlled.onnx"
     report = compress(digits_cnn["model"], out, prune=0.7, eval_data=digits_cnn["eval"], max_drop=0.01, bench_runs=0)
-    assert report and report.drop <= 0.01 and out.is_file()
+    assert report.ok and report.drop <= 0.01 and out.is_file()
     reduced = dict(report.reduced_fractions)
     assert reduced and all(f < 0.7 for f in reduced.values())
     assert any(0 < f < 0.7 for f in reduced.values()), reduced  # pruned less, not just left dense
@@ -641,31 +641,12 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(digits_cnn, weightless_on
 # --------------------------------------------------------------------------- CLI
 
 
-def _cli_app():
-    """The real app when compress is wired into it, else a Typer app with just our command."""
-    import typer
-
-    from modelport.cli import app as app_module
-
-    wired = {getattr(c, "name", None) for c in app_module.app.registered_commands}
-    if {"compress", "distill"} <= wired:
-        return app_module.app
-    from modelport.cli import compress_cmd, distill_cmd
-
-    app = typer.Typer(pretty_exceptions_enable=False)
-    compress_cmd.register(app)
-    distill_cmd.register(app)
-    return app
-
-
 def _run_cli(capsys, *args: str) -> tuple[int, str]:
-    app = _cli_app()
+    """The real entry point (modelport.cli.app.main, the `modelport` script's): exit code and stdout."""
+    from modelport.cli.app import main
+
     capsys.readouterr()
-    try:
-        app(args=[str(a) for a in args], prog_name="modelport", standalone_mode=False)
-        rc = 0
-    except ModelportError as exc:
-        rc = exc.exit_code
+    rc = main([str(a) for a in args])
     return rc, capsys.readouterr().out
 
 

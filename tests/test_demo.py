@@ -13,7 +13,7 @@ from modelport.cli.app import main
 def test_demo_shows_equal_accuracy_across_formats(tmp_path, capsys):
     rc = main(["demo", "--json", "--epochs", "8", "--out", str(tmp_path)])
     report = json.loads(capsys.readouterr().out)
-    assert rc == 0
+    assert rc == 0 and report["ok"] is True
     assert [(r["stage"], r["format"]) for r in report["rows"]] == [
         ("trained", "keras"), ("converted", "onnx"), ("converted", "torch"), ("converted", "tflite"),
         ("pruned 50% + distilled", "onnx"), ("+ int8 static", "onnx"),

@@ -80,7 +80,7 @@ def test_two_onnx_models_report(small_and_big):
     small, big = small_and_big
     phases: list[str] = []
     report = bench([small, big], batches=(1, 8), warmup=WARMUP, runs=RUNS, threads=1, progress=phases.append)
-    assert isinstance(report, BenchReport) and report
+    assert isinstance(report, BenchReport)
     assert report.models == (small, big) and report.batches == (1, 8)
     assert [(r.model, r.batch) for r in report.rows] == [(small, 1), (big, 1), (small, 8), (big, 8)]
     for r in report.rows:

@@ -33,19 +33,6 @@ def named(text: str, names: list[str]) -> onnx.ModelProto:
 
 
 @pytest.fixture
-def cli(cli):
-    """The real entry point, with check/adapt registered if the app does not have them yet."""
-    from modelport.cli import adapt_cmd, app, check_cmd
-
-    names = {c.name for c in app.app.registered_commands}
-    if "check" not in names:
-        check_cmd.register(app.app)
-    if "adapt" not in names:
-        adapt_cmd.register(app.app)
-    return cli
-
-
-@pytest.fixture
 def gelu_ln_20(tmp_path) -> str:
     path = tmp_path / "gelu_ln_20.onnx"
     onnx.save(named(GELU_LN_20, ["ln1", "gelu1", "relu1"]), path)

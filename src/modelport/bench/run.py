@@ -82,9 +82,6 @@ class BenchReport:
     versions: dict[str, str]
     notes: tuple[str, ...] = ()
 
-    def __bool__(self) -> bool:
-        return True
-
     def row(self, model: int | str, batch: int) -> BenchRow:
         """The row of a model (its index, or its path) at a batch size."""
         name = self.models[model] if isinstance(model, int) else model

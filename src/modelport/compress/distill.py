@@ -61,9 +61,6 @@ class DistillReport:
     torch_out: str | None = None  # the student as a modelport torch directory (None: not written)
     torch_parity: object | None = None  # the torch directory against the ONNX file
 
-    def __bool__(self) -> bool:
-        return True
-
     @property
     def drop(self) -> float:
         return self.teacher_metric - self.after.metric

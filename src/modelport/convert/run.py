@@ -32,10 +32,10 @@ class ConvertReport:
     parity: ParityReport | None
     warnings: tuple[str, ...]
     seconds: float
-    ok: bool
+    ok: bool | None  # the parity verdict; None when the conversion was not verified (verify=False)
 
     def __bool__(self) -> bool:
-        return self.ok
+        return self.ok is True
 
 
 def default_output(src: str, dst_format: str) -> str:
@@ -175,4 +175,4 @@ def convert(
         parity = dataclasses.replace(parity, b=str(out_path))  # not the temporary file it was run from
     artifact = dataclasses.replace(result.artifact, path=str(out_path), signature=sig)
     return ConvertReport(src, fmt, to, artifact, tuple(e.name for e in route), parity, result.warnings,
-                         time.perf_counter() - started, parity.ok if parity is not None else True)
+                         time.perf_counter() - started, parity.ok if parity is not None else None)

@@ -70,9 +70,6 @@ class InspectReport:
     onnx: OnnxDetails | None = None
     notes: tuple[str, ...] = ()
 
-    def __bool__(self) -> bool:
-        return True
-
     # Read-only aliases that the CLI's renderer reads (not part of the JSON).
     @property
     def file_size(self) -> int:
