@@ -113,10 +113,10 @@ def _fix_for_op(profile: Profile, op: str, domain: str, opset: int) -> tuple[str
     from modelport.adapt.rules import rules_for
 
     if norm_domain(domain) == "":
-        exact = [r for r in rules_for(op) if r.exact]
+        exact = [r for r in rules_for(op, "") if r.exact]
         for rule in exact:
             if all(_supported(profile, e, "", opset) for e in rule.emits if onnx.defs.has(e) and _resolve(e, "", opset)):
-                approx = [r.key for r in rules_for(op) if not r.exact]
+                approx = [r.key for r in rules_for(op, "") if not r.exact]
                 alt = f" (or the approximation{'s' if len(approx) > 1 else ''} {', '.join(approx)})" if approx else ""
                 return f"adapt --replace {rule.key} (exact){alt}", ("replace", rule.key)
         lo_hi = profile.opset_range("")
@@ -124,7 +124,7 @@ def _fix_for_op(profile: Profile, op: str, domain: str, opset: int) -> tuple[str
             for o in range(lo_hi[1], lo_hi[0] - 1, -1):
                 if o != opset and _supported(profile, op, domain, o):
                     return f"adapt --opset {o}", ("opset", str(o))
-        approx = [r.key for r in rules_for(op) if not r.exact and all(
+        approx = [r.key for r in rules_for(op, "") if not r.exact and all(
             _supported(profile, e, "", opset) for e in r.emits if onnx.defs.has(e) and _resolve(e, "", opset))]
         if approx:
             return f"{NO_FIX} (approximation: adapt --replace {' or '.join(approx)})", None

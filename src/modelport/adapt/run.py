@@ -3,21 +3,21 @@
     >>> report = check("model.onnx", "onnxruntime-opset13")      # every problem, each with its fix
     >>> adapt("model.onnx", "model13.onnx", target="onnxruntime-opset13")
 
-``adapt`` applies, in this order: rewrite rules (``replace``), opset conversion, then the
-boundary passes (normalize, layout, io dtype, batch, rename). It verifies the result
-against its input on the same data (the inputs mapped through the boundary changes:
-transposed, normalized, cast), at rel err <= 1e-5 for exact changes and at float16
-tolerance when the io dtype is float16; approximations are measured and reported (and
-judged on ``eval_data``'s labels when given) rather than failed. The output is written
-to a temporary file beside ``out`` and renamed into place only when everything passed.
+``adapt`` runs on the pipeline (``modelport.pipeline``): one step, ``AdaptPassesStep``, composes
+the ``onnx_ir`` passes of ``modelport.adapt.passes`` with ``Sequential`` in this order: rewrite
+rules (``replace``), opset conversion, then the boundary passes (normalize, layout, io dtype,
+batch, dynamic batch, rename). The pipeline's verifier checks the result against its input on
+the same data (the inputs mapped through the boundary changes: transposed, normalized, cast), at
+rel err <= 1e-5 for exact changes and at float16 tolerance when the io dtype is float16;
+approximations are measured and reported (and judged on ``eval_data``'s labels when given)
+rather than failed. The output is written in a ``Staging`` area beside ``out`` and placed only
+when everything passed; its lineage is the input's plus this step's record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,12 +27,18 @@ import numpy as np
 
 from modelport.artifact import Artifact, StepRecord
 from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
+from modelport.pipeline import Pipeline, PipelineResult, Staging, StepResult, Verdict, Verifier, read_lineage
 
 if TYPE_CHECKING:  # light at import: `import modelport` may import this module eagerly
+    from onnx_ir.passes import PassBase
+
     from modelport.adapt.check import CheckReport
+    from modelport.adapt.io import Boundary
+    from modelport.adapt.rules import Rule, RuleApplication
+    from modelport.targets.profile import Profile
     from modelport.verify.parity import ParityReport
 
-__all__ = ["adapt", "check", "AdaptReport", "AdaptStep", "EXACT_RTOL"]
+__all__ = ["adapt", "check", "AdaptReport", "AdaptStep", "AdaptPlan", "AdaptPassesStep", "EXACT_RTOL"]
 
 EXACT_RTOL = 1e-5
 
@@ -98,7 +104,7 @@ def _rules(replace: dict[str, str]):
     for op, name in replace.items():
         rule = find_rule(op, name)
         if rule is None:
-            have = [r.key for r in rules_for(op)] or [r.key for r in all_rules()]
+            have = [r.key for r in rules_for(op, "")] or [r.key for r in all_rules() if not r.domain]
             raise BadInputError(f"--replace {op}={name}: no such rewrite rule; known: {', '.join(have)}")
         chosen.append(rule)
     return chosen
@@ -187,8 +193,9 @@ def _open(path: str, device: str, warnings: list[str]):
     return open_runner(path, "onnx", LoadOptions(device=device))
 
 
-def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, exact: bool, inputs, dims, rtol, atol, seed,
+def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs, dims, rtol, atol, seed,
             eval_data, warnings: list[str]) -> tuple[ParityReport, dict[str, Any] | None]:
+    """Run the original (on the inputs mapped back through the boundary changes) and the adapted model; compare."""
     from modelport.verify import feeds_for
     from modelport.verify.parity import ParityReport, RunParity, compare_outputs
 
@@ -196,9 +203,6 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, exact: 
     for b in boundaries:
         if b.kind == "rename":
             out_names.update({new: old for old, new in b.params["mapping"].items()})
-    fp16 = any(b.kind == "io_dtype" and b.params["dtype"] != "float32" for b in boundaries)
-    if rtol is None and atol is None and exact and not fp16:
-        rtol, atol = EXACT_RTOL, 0.0
     with _open(src, device, warnings) as ra, _open(out, device, warnings) as rb:
         feeds, source = feeds_for(rb, inputs=inputs, dims=dims, seed=seed)
         runs = []
@@ -234,27 +238,264 @@ def _task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names) -> dict[
     return {"metric": "top1", "output": name, "samples": int(labels.shape[0]), "before": before, "after": after, "delta": after - before}
 
 
-def _lineage(model, step: StepRecord) -> tuple[StepRecord, ...]:
-    prior: list[dict[str, Any]] = []
-    for prop in list(model.metadata_props):
-        if prop.key == "modelport.lineage":
-            try:
-                prior = json.loads(prop.value)
-            except ValueError:
-                prior = []
-            model.metadata_props.remove(prop)
-    steps = [*prior, dataclasses.asdict(step)]
-    model.metadata_props.add(key="modelport.lineage", value=json.dumps(steps))
-    return tuple(StepRecord(**{k: (tuple(tuple(x) for x in v) if k == "versions" else v) for k, v in s.items()})
-                 for s in steps if isinstance(s, dict) and "step" in s)
-
-
 def _versions() -> tuple[tuple[str, str], ...]:
     import onnx
     import onnx_ir
     import onnxruntime
 
     return (("onnx", onnx.__version__), ("onnx_ir", onnx_ir.__version__), ("onnxruntime", onnxruntime.__version__))
+
+
+# --------------------------------------------------------------------------- options and plan
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The user's options, parsed and validated (nothing is loaded yet)."""
+
+    src: str
+    out: Path
+    opset: int | None
+    layout: str | None
+    batch: int | None
+    dynamic_batch: bool
+    rename: dict[str, str]
+    io_dtype: str | None
+    normalize: dict[str, Any] | None
+    replace: dict[str, str]
+
+
+def _parse_options(model, out, *, opset, layout, batch, dynamic_batch, rename, io_dtype, normalize, replace) -> _Options:
+    from modelport.adapt.io import parse_normalize
+    from modelport.formats import detect
+
+    src = str(model)
+    if detect(src) != "onnx":
+        raise UnsupportedError("adapt takes an ONNX model; convert it first: modelport convert MODEL --to onnx", path=src)
+    if layout not in (None, "nhwc", "nchw"):
+        raise BadInputError(f"--layout {layout!r}: choose nhwc (an NCHW model takes NHWC data) or nchw (the reverse)")
+    if batch is not None and dynamic_batch:
+        raise BadInputError("--batch and --dynamic-batch exclude each other")
+    norm = parse_normalize(normalize) if isinstance(normalize, str) else (dict(normalize) if normalize else None)
+    replace_map, rename_map = _pairs(replace, "--replace"), _pairs(rename, "--rename")
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise BadInputError("output is a directory", path=out_path)
+    return _Options(src, out_path, opset, layout, batch, dynamic_batch, rename_map, io_dtype, norm, replace_map)
+
+
+def _check_opset(opset: int | None) -> None:
+    if opset is None:
+        return
+    import onnx
+
+    from modelport.adapt.opset import MIN_OPSET, max_opset
+
+    if not MIN_OPSET <= opset <= max_opset():
+        raise BadInputError(f"opset {opset} is impossible: it must be between {MIN_OPSET} and {max_opset()} (the newest onnx {onnx.__version__} knows)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptPlan:
+    """What adapt does, in order (rewrite rules, opset conversion, boundary changes), and the target to meet."""
+
+    src: str
+    out: Path
+    rules: tuple[Rule, ...]
+    required: frozenset[str]  # the op types the user named in --replace: their rule must match a node
+    opset: int | None
+    normalize: dict[str, Any] | None
+    layout: str | None
+    io_dtype: str | None
+    batch: int | None
+    dynamic_batch: bool
+    rename: dict[str, str]
+    profile: Profile | None = None
+    before: CheckReport | None = None  # the input checked against the target
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rules or self.opset is not None or self.normalize or self.layout or self.io_dtype
+                    or self.batch is not None or self.dynamic_batch or self.rename)
+
+    def passes(self) -> list[PassBase]:
+        """Fresh onnx_ir passes for the plan, in order (each keeps what it did)."""
+        from modelport.adapt import passes as p
+
+        out: list[PassBase] = [p.RewriteRulePass(r, on_unmatched=self._unmatched if r.op_type in self.required else None) for r in self.rules]
+        if self.opset is not None:
+            out.append(p.OpsetPass(self.opset))
+        if self.normalize:
+            n = self.normalize
+            out.append(p.NormalizePass(list(n["mean"]), list(n["std"]), n.get("scale"), n.get("input")))
+        if self.layout:
+            out.append(p.LayoutPass(self.layout))
+        if self.io_dtype:
+            out.append(p.IoDtypePass(self.io_dtype))
+        if self.batch is not None:
+            out.append(p.BatchPass(self.batch))
+        if self.dynamic_batch:
+            out.append(p.DynamicBatchPass())
+        if self.rename:
+            out.append(p.RenamePass(self.rename))
+        return out
+
+    def _unmatched(self, application: RuleApplication) -> None:
+        op = application.rule.partition("=")[0]
+        why = f" ({application.skipped[0][0]}: {application.skipped[0][1]})" if application.skipped else ""
+        raise BadInputError(f"--replace {application.rule} matched no node: the model has no {op} it applies to{why}", path=self.src)
+
+
+def _plan(options: _Options, target: str | Path | None, say: Callable[[str], None]) -> AdaptPlan:
+    """The user's changes, plus every automatic fix the target's check lists (the user's choices win)."""
+    replace, opset, batch, io_dtype = options.replace, options.opset, options.batch, options.io_dtype
+    profile = before = None
+    if target is not None:
+        from modelport.adapt.check import check_model
+        from modelport.formats.onnx_format import load_model
+        from modelport.targets.profile import load_profile
+
+        profile = load_profile(target)
+        say(f"checking against {profile.name}")
+        before = check_model(load_model(options.src), profile, path=options.src)
+        t_replace, t_opset, t_batch, t_dtype = _plan_from_target(before, set(options.replace))
+        replace = {**t_replace, **options.replace}
+        opset = opset if opset is not None else t_opset
+        batch = batch if batch is not None or options.dynamic_batch else t_batch
+        io_dtype = io_dtype or t_dtype
+    rules = _rules(replace)
+    _check_opset(opset)
+    return AdaptPlan(options.src, options.out, tuple(rules), frozenset(options.replace), opset, options.normalize,
+                     options.layout, io_dtype, batch, options.dynamic_batch, options.rename, profile, before)
+
+
+# --------------------------------------------------------------------------- the step and its verifier
+
+
+class _NothingChanged(Exception):
+    """The passes made no change: adapt writes the input as it is (with a target) or refuses."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What one run of the passes changed."""
+
+    changes: tuple[AdaptStep, ...]
+    approximations: tuple[str, ...]
+    boundaries: tuple[Boundary, ...]  # inverted by the verifier to feed the original
+    orig_dtypes: dict[str, str]  # the input's input dtypes
+    check: CheckReport | None  # the result checked against the target
+
+
+class AdaptPassesStep:
+    """adapt as one pipeline step: the plan's onnx_ir passes, composed with ``Sequential``, on the input.
+
+    Writes the adapted model into a scratch dir; ``outcome`` keeps what the last run changed.
+    """
+
+    name = "adapt"
+
+    def __init__(self, plan: AdaptPlan) -> None:
+        self.plan = plan
+        self.outcome: _Outcome | None = None
+
+    def describe(self) -> str:
+        plan = self.plan
+        parts = [f"rewriting {r.key}" for r in plan.rules] + ([f"converting to opset {plan.opset}"] if plan.opset is not None else [])
+        boundary = [k for k, v in (("normalize", plan.normalize), ("layout", plan.layout), ("io dtype", plan.io_dtype),
+                                   ("batch", plan.batch is not None), ("dynamic batch", plan.dynamic_batch), ("rename", plan.rename)) if v]
+        return "; ".join(parts + ([f"changing the {', '.join(boundary)}"] if boundary else []))
+
+    def run(self, artifact: Artifact, staging: Staging) -> StepResult:
+        import onnx
+        import onnx_ir as ir
+
+        from modelport.adapt.check import check_model
+        from modelport.adapt.passes import BoundaryPass, run_passes
+        from modelport.formats.onnx_format import graph_signature, load_model
+
+        plan = self.plan
+        model = ir.serde.deserialize_model(load_model(artifact.path))
+        orig_dtypes = {v.name: v.dtype.numpy().name for v in model.graph.inputs if v.dtype is not None}
+        passes = plan.passes()
+        model = run_passes(ir.passes.Sequential(*passes), model).model
+        # A rule or opset conversion is a change where it modified the model; a boundary change asked
+        # for is listed (and verified) even where the model already had it, as adapt always did.
+        done = [p for p in passes if p.modified or isinstance(p, BoundaryPass)]
+        if not done:
+            raise _NothingChanged
+        proto = ir.serde.serialize_model(model)
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
+            raise UnsupportedError(f"the adapted model is invalid: {' '.join(str(exc).split())[:300]}", path=artifact.path) from None
+        after = check_model(proto, plan.profile, path=str(plan.out)) if plan.profile is not None else None
+        if after is not None and not after:
+            raise UnsupportedError(f"still incompatible with {plan.profile.name} after adapting: "
+                                   + "; ".join(p.message for p in after.problems[:8]), path=artifact.path)
+        out = staging.scratch("adapt") / "model.onnx"
+        onnx.save(proto, str(out))
+        changes = tuple(AdaptStep(p.kind, p.detail(), p.exact) for p in done)
+        boundaries = tuple(p.boundary for p in done if isinstance(p, BoundaryPass))
+        approximations = tuple(p.rule.key for p in done if not p.exact)
+        self.outcome = _Outcome(changes, approximations, boundaries, orig_dtypes, after)
+        fp16 = any(b.kind == "io_dtype" and b.params["dtype"] != "float32" for b in boundaries)
+        record = StepRecord("adapt", "onnx", "onnx", "modelport.adapt.run", _versions(), "; ".join(f"{c.name}: {c.detail}" for c in changes))
+        tolerance = (EXACT_RTOL, 0.0) if not approximations and not fp16 else None  # else: dtype defaults
+        return StepResult(Artifact(str(out), "onnx", graph_signature(proto)), record, (), tolerance, self.outcome)
+
+
+def _verifier(step: AdaptPassesStep, warnings: list[str], *, device: str, inputs, dims, rtol, atol, seed, eval_data) -> Verifier:
+    """adapt's verification: the result against its input on the same data, mapped through the boundary changes.
+
+    Exact changes must match (rel err <= 1e-5, or the dtype default for a float16 io dtype); approximations are
+    measured and reported, and enforced only at a tolerance the user gave. Notes (device fallback) go to ``warnings``.
+    """
+    given = rtol is not None or atol is not None
+
+    def verify(source: Artifact, result: Artifact, tolerance: tuple[float, float] | None) -> Verdict:
+        done = step.outcome
+        r, a = (rtol, atol) if given or tolerance is None else tolerance
+        parity, metric = _verify(source.path, result.path, done.boundaries, done.orig_dtypes, device=device, inputs=inputs, dims=dims,
+                                 rtol=r, atol=a, seed=seed, eval_data=eval_data, warnings=warnings)
+        parity = dataclasses.replace(parity, b=str(step.plan.out))  # not the scratch file it ran from
+        return Verdict(parity.ok, f"adapted model does not match its input: {parity.summary()}", parity, metric,
+                       enforce=not done.approximations or given)
+
+    return verify
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _unchanged(plan: AdaptPlan, started: float) -> AdaptReport:
+    """Nothing to change: without a target, refuse; with one (already met), write the input as it is."""
+    from modelport.formats.onnx_format import graph_signature, load_model
+
+    if plan.profile is None:
+        raise BadInputError("nothing to adapt: give --target or at least one change (--opset, --layout, --batch, --rename, …)", path=plan.src)
+    with Staging(plan.out) as staging:
+        copy = staging.scratch("adapt") / "model.onnx"
+        shutil.copyfile(plan.src, copy)
+        staging.place(copy, plan.out)
+    artifact = Artifact(str(plan.out), "onnx", graph_signature(load_model(plan.out, load_external_data=False)), read_lineage(plan.out))
+    return AdaptReport(plan.src, str(plan.out), plan.profile.name, (), (), None, None, plan.before, artifact,
+                       (f"already compatible with {plan.profile.name}: written unchanged",), time.perf_counter() - started,
+                       bool(plan.before))
+
+
+def _report(plan: AdaptPlan, result: PipelineResult, notes: list[str], started: float) -> AdaptReport:
+    outcome: _Outcome = result.results[-1].details
+    verdict = result.verdict
+    warnings = [*result.warnings, *notes]
+    if outcome.approximations:
+        worst = max((o.max_rel for r in verdict.parity.runs for o in r.outputs), default=0.0)
+        warnings.append(f"approximation(s) {', '.join(outcome.approximations)}: max rel err {worst:.2e} vs the input"
+                        + (f"; top-1 {verdict.metric['before']:.4f} -> {verdict.metric['after']:.4f}" if verdict.metric else ""))
+    ok = (verdict.ok or not verdict.enforce) and (outcome.check is None or bool(outcome.check))
+    return AdaptReport(plan.src, str(plan.out), plan.profile.name if plan.profile else None, outcome.changes, outcome.approximations,
+                       verdict.parity, verdict.metric, outcome.check, dataclasses.replace(result.artifact, path=str(plan.out)),
+                       tuple(warnings), time.perf_counter() - started, ok)
 
 
 def adapt(
@@ -304,143 +545,20 @@ def adapt(
         BadInputError: bad options, a ``replace`` rule that matches no node, an impossible opset.
         UnsupportedError: a problem the target has no automatic fix for, or an op an opset cannot express.
     """
-    import onnx
-    import onnx_ir as ir
-
-    from modelport.formats import detect
-    from modelport.formats.onnx_format import load_model
-    from modelport.adapt import io as io_pass
-    from modelport.adapt.opset import convert_opset, model_opset
-    from modelport.adapt.rules import apply_rule
-    from modelport.adapt.check import check_model
-    from modelport.targets.profile import load_profile
-
     started = time.perf_counter()
     say = progress or (lambda msg: None)
-    src = str(model)
-    if detect(src) != "onnx":
-        raise UnsupportedError("adapt takes an ONNX model; convert it first: modelport convert MODEL --to onnx", path=src)
-    if layout not in (None, "nhwc", "nchw"):
-        raise BadInputError(f"--layout {layout!r}: choose nhwc (an NCHW model takes NHWC data) or nchw (the reverse)")
-    if batch is not None and dynamic_batch:
-        raise BadInputError("--batch and --dynamic-batch exclude each other")
-    norm = io_pass.parse_normalize(normalize) if isinstance(normalize, str) else (dict(normalize) if normalize else None)
-    replace_map = _pairs(replace, "--replace")
-    rename_map = _pairs(rename, "--rename")
-    proto = load_model(src)
-    steps: list[AdaptStep] = []
-    warnings: list[str] = []
-    profile = before = None
-    explicit_replace = dict(replace_map)
-    if target is not None:
-        profile = load_profile(target)
-        say(f"checking against {profile.name}")
-        before = check_model(proto, profile, path=src)
-        t_replace, t_opset, t_batch, t_dtype = _plan_from_target(before, set(replace_map))
-        replace_map = {**t_replace, **replace_map}
-        opset = opset if opset is not None else t_opset
-        batch = batch if batch is not None or dynamic_batch else t_batch
-        io_dtype = io_dtype or t_dtype
-    rules = _rules(replace_map)
-    if opset is not None:
-        from modelport.adapt.opset import MIN_OPSET, max_opset
-
-        if not MIN_OPSET <= opset <= max_opset():
-            raise BadInputError(f"opset {opset} is impossible: it must be between {MIN_OPSET} and {max_opset()} (the newest onnx {onnx.__version__} knows)")
-
-    approximations: list[str] = []
-    if rules:
-        irm = ir.serde.deserialize_model(proto)
-        for rule in rules:
-            say(f"rewriting {rule.key}")
-            res = apply_rule(irm, rule)
-            if not res.nodes:
-                if rule.op_type in explicit_replace:
-                    why = f" ({res.skipped[0][0]}: {res.skipped[0][1]})" if res.skipped else ""
-                    raise BadInputError(f"--replace {rule.key} matched no node: the model has no {rule.op_type} it applies to{why}", path=src)
-                continue
-            steps.append(AdaptStep("replace", f"{rule.key} on {len(res.nodes)} node(s): {', '.join(res.nodes[:6])}", rule.exact))
-            if not rule.exact:
-                approximations.append(rule.key)
-        proto = ir.serde.serialize_model(irm)
-    if opset is not None and opset != model_opset(proto):
-        say(f"converting to opset {opset}")
-        res = convert_opset(proto, opset)
-        proto = res.model
-        steps.append(AdaptStep("opset", f"{res.src} -> {res.dst}" + (f"; decomposed {', '.join(res.rewrites)}" if res.rewrites else "")
-                               + (f"; {'; '.join(res.notes)}" if res.notes else "")))
-    boundaries = []
-    orig_dtypes: dict[str, str] = {}
-    if norm or layout or io_dtype or batch is not None or dynamic_batch or rename_map:
-        irm = ir.serde.deserialize_model(proto)
-        orig_dtypes = {v.name: v.dtype.numpy().name for v in irm.graph.inputs if v.dtype is not None}
-        if norm:
-            boundaries.append(io_pass.normalize(irm, list(norm["mean"]), list(norm["std"]), norm.get("scale"), norm.get("input")))
-        if layout:
-            boundaries.append(io_pass.to_layout(irm, layout))
-        if io_dtype:
-            boundaries.append(io_pass.set_io_dtype(irm, io_dtype))
-        if batch is not None:
-            boundaries.append(io_pass.set_batch(irm, batch))
-        if dynamic_batch:
-            boundaries.append(io_pass.dynamic_batch(irm))
-        if rename_map:
-            boundaries.append(io_pass.rename(irm, rename_map))
-        steps.extend(AdaptStep(b.kind, b.describe()) for b in boundaries)
-        proto = ir.serde.serialize_model(irm)
-    if not steps and target is None:
-        raise BadInputError("nothing to adapt: give --target or at least one change (--opset, --layout, --batch, --rename, …)", path=src)
-    if not steps:
-        warnings.append(f"already compatible with {profile.name}: written unchanged")
+    options = _parse_options(model, out, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch, rename=rename,
+                             io_dtype=io_dtype, normalize=normalize, replace=replace)
+    plan = _plan(options, target, say)
+    if plan.empty:
+        return _unchanged(plan, started)
+    step, notes = AdaptPassesStep(plan), []
+    verifier = _verifier(step, notes, device=device, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, eval_data=eval_data)
+    source = Artifact(plan.src, "onnx", lineage=read_lineage(plan.src))
     try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        raise UnsupportedError(f"the adapted model is invalid: {' '.join(str(exc).split())[:300]}", path=src) from None
-
-    after = check_model(proto, profile, path=str(out)) if profile is not None else None
-    if after is not None and not after:
-        raise UnsupportedError(f"still incompatible with {profile.name} after adapting: "
-                               + "; ".join(p.message for p in after.problems[:8]), path=src)
-    out_path = Path(out)
-    if out_path.is_dir():
-        raise BadInputError("output is a directory", path=out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        onnx.save(proto, str(tmp))
-        say("verifying against the input")
-        exact = not approximations
-        if not steps:
-            import shutil
-
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, out_path)
-            from modelport.formats.onnx_format import graph_signature
-
-            return AdaptReport(src, str(out_path), profile.name, (), (), None, None, before,
-                               Artifact(str(out_path), "onnx", graph_signature(proto)),
-                               tuple(warnings), time.perf_counter() - started, True)
-        parity, metric = _verify(src, str(tmp), boundaries, orig_dtypes, device=device, exact=exact, inputs=inputs, dims=dims,
-                                 rtol=rtol, atol=atol, seed=seed, eval_data=eval_data, warnings=warnings)
-        parity = dataclasses.replace(parity, b=str(out_path))
-        if not parity and (exact or rtol is not None or atol is not None):  # approximations fail only on given tolerances
-            raise CheckFailedError(f"adapted model does not match its input: {parity.summary()}", report=parity, path=src)
-        if approximations:
-            worst = max((o.max_rel for r in parity.runs for o in r.outputs), default=0.0)
-            warnings.append(f"approximation(s) {', '.join(approximations)}: max rel err {worst:.2e} vs the input"
-                            + (f"; top-1 {metric['before']:.4f} -> {metric['after']:.4f}" if metric else ""))
-        detail = "; ".join(f"{s.name}: {s.detail}" for s in steps)
-        record = StepRecord("adapt", "onnx", "onnx", "modelport.adapt.run", _versions(), detail, bool(parity) or not exact)
-        lineage = _lineage(proto, record)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    from modelport.formats.onnx_format import graph_signature
-
-    artifact = Artifact(str(out_path), "onnx", graph_signature(proto), lineage)
-    return AdaptReport(src, str(out_path), profile.name if profile else None, tuple(steps), tuple(approximations), parity, metric,
-                       after, artifact, tuple(warnings), time.perf_counter() - started, True)
+        with Staging(plan.out) as staging:
+            result = Pipeline([step], verify=verifier, progress=say).run(source, staging)
+            staging.place(result.artifact.path, plan.out)
+    except _NothingChanged:
+        return _unchanged(plan, started)
+    return _report(plan, result, notes, started)

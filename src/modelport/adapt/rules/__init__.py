@@ -3,7 +3,9 @@
 A rule matches one node by ``(domain, op_type)`` (its pattern), ``check(node, opset)``
 says whether it may apply (a falsy ``Verdict`` carries the reason), and ``rewrite``
 emits the replacement through an opset-aware :class:`Emitter`. Rules are registered by
-op and name (``Gelu=decompose``, ``Gelu=tanh-approx``); ``exact`` rules compute the same
+domain, op and name (``Gelu=decompose``, ``Gelu=tanh-approx``: the default domain, where
+``""`` and ``"ai.onnx"`` are the same); a rule matches only nodes of its own domain (a
+``com.microsoft`` Gelu is not the default-domain Gelu). ``exact`` rules compute the same
 function (verified at rel err <= 1e-5), the others are named approximations whose error
 is measured and reported.
 """
@@ -16,7 +18,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["Rule", "Verdict", "Emitter", "RuleApplication", "register", "rules_for", "all_rules", "find_rule", "apply_rules"]
+__all__ = ["Rule", "Verdict", "Emitter", "RuleApplication", "register", "rules_for", "all_rules", "find_rule", "apply_rule",
+           "apply_rules", "matches", "norm_domain"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,18 +92,33 @@ class Rule:
         return f"{self.op_type}={self.name}"
 
 
-_RULES: dict[tuple[str, str], Rule] = {}
+_RULES: dict[tuple[str, str, str], Rule] = {}  # (domain, op_type, name)
 
 
-def register(op_type: str, name: str, *, exact: bool, emits: Iterable[str], check=None, doc: str = "", subgraph=None):
-    """Decorator: registers ``fn(emitter, node) -> outputs`` as the rule ``op_type=name``."""
+def register(op_type: str, name: str, *, exact: bool, emits: Iterable[str], check=None, doc: str = "", subgraph=None,
+             domain: str = ""):
+    """Decorator: registers ``fn(emitter, node) -> outputs`` as the rule ``op_type=name`` (for ``domain``'s op)."""
 
     def deco(fn):
-        _RULES[(op_type, name)] = Rule(op_type, name, exact, tuple(emits), fn, check or (lambda n, o: OK),
-                                       doc or (fn.__doc__ or "").strip(), subgraph=subgraph)
+        rule = Rule(op_type, name, exact, tuple(emits), fn, check or (lambda n, o: OK), doc or (fn.__doc__ or "").strip(),
+                    norm_domain(domain), subgraph=subgraph)
+        _RULES[(rule.domain, op_type, name)] = rule
         return fn
 
     return deco
+
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def norm_domain(domain: str | None) -> str:
+    """``""`` and ``"ai.onnx"`` are the same default domain."""
+    return "" if domain in _DEFAULT_DOMAINS or domain is None else domain
+
+
+def matches(rule: Rule, node: ir.Node) -> bool:
+    """The rule's pattern: the node's op type and domain (the default domain spelled either way)."""
+    return node.op_type == rule.op_type and norm_domain(node.domain) == norm_domain(rule.domain)
 
 
 def _load() -> None:
@@ -112,13 +130,15 @@ def all_rules() -> list[Rule]:
     return sorted(_RULES.values(), key=lambda r: r.key)
 
 
-def rules_for(op_type: str) -> list[Rule]:
-    return [r for r in all_rules() if r.op_type == op_type]
+def rules_for(op_type: str, domain: str | None = None) -> list[Rule]:
+    """The rules for ``op_type`` (of ``domain`` when given; of any domain when not)."""
+    return [r for r in all_rules() if r.op_type == op_type and (domain is None or norm_domain(r.domain) == norm_domain(domain))]
 
 
-def find_rule(op_type: str, name: str) -> Rule | None:
+def find_rule(op_type: str, name: str, domain: str = "") -> Rule | None:
+    """The rule ``op_type=name`` for ``domain``'s op (the default domain unless given)."""
     _load()
-    return _RULES.get((op_type, name))
+    return _RULES.get((norm_domain(domain), op_type, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +167,7 @@ def apply_rule(model: ir.Model, rule: Rule) -> RuleApplication:
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     done, skipped = [], []
     for graph, node in list(_walk(model.graph)):
-        if node.op_type != rule.op_type or node.domain not in ("", "ai.onnx"):
+        if not matches(rule, node):
             continue
         verdict = rule.check(node, opset)
         if not verdict:
