@@ -149,18 +149,6 @@ def cnn18_static() -> str:
     return zoo.cached("adapt_cnn18_static", lambda d: _cnn(d, static=True))
 
 
-@pytest.fixture
-def cli(cli):
-    from modelport.cli import adapt_cmd, app, check_cmd
-
-    names = {c.name for c in app.app.registered_commands}
-    if "check" not in names:
-        check_cmd.register(app.app)
-    if "adapt" not in names:
-        adapt_cmd.register(app.app)
-    return cli
-
-
 def verify_exact(a: str, b: str) -> float:
     import modelport as api  # modelport.verify is shadowed by the modelport.verify package once imported
 

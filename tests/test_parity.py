@@ -73,3 +73,51 @@ def test_integer_outputs_must_match_exactly_whatever_the_tolerance():
 def test_a_plain_tolerance_failure_states_its_figures():
     res = compare_output("y", np.array([1.0, 2.0], np.float32), np.array([1.0, 2.1], np.float32), None, None)
     assert not res.ok and res.max_abs == pytest.approx(0.1, rel=1e-5) and res.max_rel == pytest.approx(0.05, rel=1e-4)
+
+
+def test_a_failed_verify_keeps_its_inputs_and_prints_a_command_that_reproduces_it(cli, tmp_path):
+    same = _add_model(tmp_path / "same.onnx", np.zeros(4))
+    bad = _add_model(tmp_path / "inf.onnx", np.array([0, 0, np.inf, 0]))
+    res = cli("verify", same, bad, "--dim", "batch=3")
+    assert res.exit_code == 1
+    kept = tmp_path / "inf.parity-failure.npz"
+    assert kept.is_file() and f"kept in {kept}" in res.stdout
+    with np.load(kept) as data:
+        assert sorted(data.files) == ["candidate/y", "reference/y", "x"]
+        assert np.isinf(data["candidate/y"][:, 2]).all() and np.isfinite(data["reference/y"]).all()
+        assert np.array_equal(data["reference/y"], data["x"])  # y = x + 0
+    command = res.stdout.split("reproduce: ", 1)[1].split()
+    assert command[:2] == ["modelport", "verify"] and "--inputs" in command
+    again = cli(*command[1:])  # the printed command, run as printed
+    assert again.exit_code == 1 and "inf where the reference is finite" in again.stdout
+    assert cli("verify", same, same, "--report-dir", tmp_path / "r").exit_code == 0
+    assert not (tmp_path / "r").exists()  # nothing kept when parity holds
+
+
+def test_per_output_tolerances(cli, tmp_path):
+    same = _add_model(tmp_path / "same.onnx", np.zeros(4))
+    near = _add_model(tmp_path / "near.onnx", np.array([0, 0, 1e-3, 0]))
+    assert cli("verify", same, near).exit_code == 1
+    assert cli("verify", same, near, "--tol", "y=0,2e-3").exit_code == 0
+    assert cli("verify", same, near, "--tol", "y=0,1e-4").exit_code == 1
+    unknown = cli("verify", same, near, "--tol", "logits=0,1")
+    assert unknown.exit_code == 2 and "['logits']" in unknown.stderr and "['y']" in unknown.stderr
+    for bad in ("y=1e-3", "y=a,b", "=1,1", "y=-1,0"):
+        res = cli("verify", same, near, "--tol", bad)
+        assert res.exit_code == 2 and "--tol" in res.stderr and len(res.stderr.strip().splitlines()) == 1, bad
+
+
+def test_a_failed_conversion_keeps_the_failing_inputs_beside_the_requested_output(cnn_onnx, tmp_path):
+    from modelport.convert.run import convert
+    from modelport.errors import CheckFailedError
+
+    out = tmp_path / "out" / "cnn_torch"
+    with pytest.raises(CheckFailedError) as info:
+        convert(cnn_onnx, "torch", out, rtol=0.0, atol=-1.0)  # a tolerance no result can meet
+    kept = tmp_path / "out" / "cnn_torch.parity-failure.npz"
+    message = str(info.value)
+    assert f"kept in {kept}" in message and "reproduce: modelport convert" in message and "--inputs" in message
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn_torch.parity-failure.npz"]  # no model
+    with np.load(kept) as data:
+        assert any(k.startswith("reference/") for k in data.files) and any(k.startswith("candidate/") for k in data.files)
+    assert info.value.report.failure_file == str(kept)

@@ -83,6 +83,18 @@ def _dims(dims: dict[str, int] | Sequence[str] | None) -> dict[str, int] | None:
     return parse_dims(list(dims))
 
 
+Tolerances = dict[str, tuple[float, float]] | Sequence[str] | None
+
+
+def _tolerances(tol: Tolerances) -> dict[str, tuple[float, float]] | None:
+    """``{"logits": (1e-3, 1e-5)}`` or ``["logits=1e-3,1e-5"]``."""
+    from modelport.verify.parity import parse_tolerances
+
+    if tol is None or isinstance(tol, dict):
+        return tol
+    return parse_tolerances(list(tol))
+
+
 def load(path: str | Path, *, format: str | None = None, weights: str | None = None,  # noqa: A002
          input_specs: SpecsLike = None, device: str = "cpu", threads: int | None = None) -> Runner:
     """Open any supported model as a Runner (a context manager; ``run(dict) -> dict``).
@@ -110,6 +122,8 @@ def convert(
     dims: dict[str, int] | Sequence[str] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
+    tol: Tolerances = None,
+    report_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ):
     """Convert ``src`` to format ``to`` (through ONNX where needed) and verify the result.
@@ -117,6 +131,10 @@ def convert(
     ``tflite_dtype`` (``float32`` or ``float16`` weights) and ``static_dims``
     (``batch=1,sequence=128``: sizes for dims the TF/TFLite converter must freeze) concern
     the ONNX -> savedmodel/tflite step.
+
+    ``tol`` gives (rtol, atol) per output name. When parity fails, nothing is written but the
+    failing inputs and both outputs (``NAME.parity-failure.npz`` beside ``out``, or in ``report_dir``),
+    and the error says how to rerun the comparison.
 
     Returns a ConvertReport; raises CheckFailedError (nothing written) when parity fails.
     """
@@ -127,7 +145,8 @@ def convert(
     options = ConvertOptions(opset=opset, inputs=_specs(input_specs), weights=weights, dynamic_batch=dynamic_batch,
                              extra=extra)
     return run_pipeline(src, to, out, src_format=src_format, options=options, verify=verify, inputs=inputs,
-                        dims=_dims(dims), rtol=rtol, atol=atol, progress=progress)
+                        dims=_dims(dims), rtol=rtol, atol=atol, tolerances=_tolerances(tol), report_dir=report_dir,
+                        progress=progress)
 
 
 def verify(
@@ -145,8 +164,14 @@ def verify(
     atol: float | None = None,
     seed: int = 0,
     device: str = "cpu",
+    tol: Tolerances = None,
+    keep_failure: str | Path | None = None,
 ):
-    """Compare two models of any formats on the same inputs; returns a ParityReport."""
+    """Compare two models of any formats on the same inputs; returns a ParityReport.
+
+    ``tol`` gives (rtol, atol) per output name; ``keep_failure`` is where the failing inputs and
+    both outputs go (.npz) when parity fails (the CLI keeps them beside B).
+    """
     from modelport.verify import verify as run_verify
 
     specs = _specs(input_specs)
@@ -154,7 +179,8 @@ def verify(
         a, b, a_format=a_format, b_format=b_format,
         a_options=LoadOptions(weights=weights, inputs=specs, device=device),
         b_options=LoadOptions(weights=b_weights, inputs=specs, device=device),
-        inputs=inputs, dims=_dims(dims), rtol=rtol, atol=atol, seed=seed,
+        inputs=inputs, dims=_dims(dims), rtol=rtol, atol=atol, seed=seed, tolerances=_tolerances(tol),
+        keep_failure=keep_failure,
     )
 
 

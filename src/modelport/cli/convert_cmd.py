@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         dim: DimOpt = None,
         rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,
+        tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
+        report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failed verification keeps its inputs and outputs (default: beside the output).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Convert a model to another format and verify it still computes the same outputs."""
@@ -41,15 +43,17 @@ def register(app: typer.Typer) -> None:
             report = api.convert(
                 src, to, out, src_format=src_format, weights=weights, input_specs=input, opset=opset,
                 dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims,
-                verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol, progress=update,
+                verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol, tol=tol, report_dir=report_dir,
+                progress=update,
             )
         if as_json:
             emit_json(report)
             return
         table = Table(title=f"convert {report.src_format} -> {report.dst_format}", show_header=False)
         table.add_row("output", report.artifact.path if report.artifact else "-")
-        table.add_row("route", " -> ".join([report.src_format] + [s.dst_format for s in report.artifact.lineage]))
-        for step in report.artifact.lineage:
+        steps = report.artifact.lineage[-len(report.route):]  # this run's steps (the lineage starts with the source's)
+        table.add_row("route", " -> ".join([report.src_format] + [s.dst_format for s in steps]))
+        for step in steps:
             table.add_row(f"{step.src_format} -> {step.dst_format}", f"{step.tool}: {step.detail}")
         table.add_row("time", f"{report.seconds:.1f} s")
         console.print(table)

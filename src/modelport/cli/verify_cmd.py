@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Optional
 
 import typer
@@ -40,21 +41,37 @@ def register(app: typer.Typer) -> None:
         dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim, name=value.")] = None,
         rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,
+        tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
+        report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failure keeps its inputs and outputs (default: beside B).")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Compare two models of any formats on the same inputs (exit 1 when they differ)."""
+        import dataclasses
+
         import modelport as api
+        from modelport.verify import failure_path
 
         with progress(not as_json, f"verifying {b} against {a}"):
             report = api.verify(
                 a, b, a_format=a_format, b_format=b_format, weights=weights, b_weights=b_weights, input_specs=input,
-                inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device,
+                inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device, tol=tol,
+                keep_failure=failure_path(b, report_dir),
             )
+        if report.failure_file:
+            words = ["modelport", "verify", a, b, "--inputs", report.failure_file]
+            for flag, value in (("--a-format", a_format), ("--b-format", b_format), ("--weights", weights),
+                                ("--b-weights", b_weights), ("--rtol", rtol), ("--atol", atol)):
+                words += [flag, str(value)] if value is not None else []
+            words += [w for spec in input or () for w in ("--input", spec)] + [w for t in tol or () for w in ("--tol", t)]
+            report = dataclasses.replace(report, reproduce=shlex.join(words))
         if as_json:
             emit_json(report)
         else:
             console.print(parity_table(report))
+            if report.failure_file:
+                console.print(f"failing inputs and both outputs kept in {report.failure_file}; reproduce: {report.reproduce}",
+                              markup=False, soft_wrap=True)
         if not report:
             raise typer.Exit(1)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from modelport.convert.registry import ConvertOptions, output_kind, plan
 from modelport.errors import BadInputError
 from modelport.formats import LoadOptions, detect, open_runner
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
-from modelport.verify import ParityReport, compare_runners
+from modelport.verify import ParityReport, compare_runners, failure_path
 
 __all__ = ["ConvertReport", "ConvertStep", "convert", "default_output", "parity_verifier"]
 
@@ -113,16 +115,29 @@ class ConvertStep:
         return StepResult(Artifact(str(out), self.edge.dst), record, tuple(res.warnings), res.tolerance)
 
 
-def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol, seed):
-    """Convert's verification: the result against the source on the same inputs (two shapes when dynamic)."""
+def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol, seed, *,
+                    tolerances: dict[str, tuple[float, float]] | None = None, keep_failure: Path | None = None,
+                    reproduce: Callable[[str], str] | None = None):
+    """Convert's verification: the result against the source on the same inputs (two shapes when dynamic).
+
+    On a failure the failing inputs and both outputs go to ``keep_failure`` (.npz), and the verdict
+    says where and how to rerun the comparison (``reproduce(failure_file)``).
+    """
 
     def verify(source: Artifact, result: Artifact, tolerance: tuple[float, float] | None) -> Verdict:
         r, a = (rtol, atol) if rtol is not None or atol is not None or tolerance is None else tolerance
         with open_runner(source.path, fmt, LoadOptions(weights=options.weights, inputs=options.inputs)) as ra, \
                 open_runner(result.path, result.format) as rb:
-            parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=r, atol=a, seed=seed,
-                                     specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature))
-        return Verdict(parity.ok, f"converted model does not match the source: {parity.summary()}", parity)
+            parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=r, atol=a, seed=seed, tolerances=tolerances,
+                                     specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature),
+                                     keep_failure=keep_failure)
+        summary = f"converted model does not match the source: {parity.summary()}"
+        if parity.failure_file:
+            command = reproduce(parity.failure_file) if reproduce else None
+            parity = dataclasses.replace(parity, reproduce=command)
+            summary += f"; failing inputs and both outputs kept in {parity.failure_file}" + (
+                f"; reproduce: {command}" if command else "")
+        return Verdict(parity.ok, summary, parity)
 
     return verify
 
@@ -140,6 +155,8 @@ def convert(
     rtol: float | None = None,
     atol: float | None = None,
     seed: int = 0,
+    tolerances: dict[str, tuple[float, float]] | None = None,
+    report_dir: str | Path | None = None,
     progress=None,
 ) -> ConvertReport:
     """Convert a model to another format through the route planner, verifying the result.
@@ -150,6 +167,8 @@ def convert(
         out: output path; defaults to beside the source.
         options: converter options (opset, input specs, weights, dynamic batch).
         verify: compare the result with the source on the same inputs (default on).
+        tolerances: (rtol, atol) per output name, over rtol/atol.
+        report_dir: where a failed verification keeps its inputs (default: beside ``out``).
 
     Raises:
         CheckFailedError: parity failed; nothing is written.
@@ -164,7 +183,17 @@ def convert(
         raise BadInputError(f"output exists and is a {'directory' if out_path.is_dir() else 'file'}", path=out_path)
     later = dataclasses.replace(options, weights=None, inputs=())  # only the first edge reads the user's weights
     steps = [ConvertStep(edge, options if i == 0 else later, i) for i, edge in enumerate(route)]
-    verifier = parity_verifier(fmt, options, inputs, dims, rtol, atol, seed) if verify else None
+    def reproduce(failure: str) -> str:
+        words = ["modelport", "convert", src, "--to", to, "-o", str(out_path), "--inputs", failure]
+        if options.weights:
+            words += ["--weights", str(options.weights)]
+        words += [w for spec in options.inputs for w in ("--input", str(spec))]
+        words += (["--rtol", repr(rtol)] if rtol is not None else []) + (["--atol", repr(atol)] if atol is not None else [])
+        words += [w for name, (r, a) in (tolerances or {}).items() for w in ("--tol", f"{name}={r!r},{a!r}")]
+        return shlex.join(words)
+
+    verifier = parity_verifier(fmt, options, inputs, dims, rtol, atol, seed, tolerances=tolerances, reproduce=reproduce,
+                               keep_failure=failure_path(out_path, report_dir)) if verify else None
     with Staging(out_path) as staging:
         result = Pipeline(steps, verify=verifier, progress=progress).run(Artifact(src, fmt, lineage=read_lineage(src)), staging)
         with open_runner(result.artifact.path, to) as rb:

@@ -12,7 +12,37 @@ from modelport.formats import LoadOptions, Runner, open_runner
 from modelport.inputs import check_feeds, load_npz, make_inputs
 from modelport.verify.parity import OutputParity, ParityReport, RunParity, compare_outputs, match_names
 
-__all__ = ["verify", "compare_runners", "ParityReport", "RunParity", "OutputParity", "feeds_for"]
+__all__ = ["verify", "compare_runners", "ParityReport", "RunParity", "OutputParity", "feeds_for", "failure_path",
+           "FAILURE_KEYS"]
+
+# Keys of a kept failure file besides the inputs: both models' outputs.
+FAILURE_KEYS = ("reference/", "candidate/")
+
+
+def failure_path(near: str | Path, report_dir: str | Path | None = None) -> Path:
+    """``NAME.parity-failure.npz`` beside ``near`` (the requested output or model B), or in ``report_dir``."""
+    p = Path(str(near).split(":")[0] if ":" in Path(str(near)).name else near)
+    stem = p.name if p.is_dir() else p.stem
+    return Path(report_dir or p.parent) / f"{stem}.parity-failure.npz"
+
+
+def _keep_failure(path: Path, feed: dict[str, np.ndarray], ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
+    """The failing inputs and both outputs, written whole or not at all."""
+    import os
+    import tempfile
+
+    arrays = dict(feed)
+    arrays.update({f"reference/{k}": v for k, v in ref.items()})
+    arrays.update({f"candidate/{k}": v for k, v in got.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def feeds_for(
@@ -31,6 +61,7 @@ def feeds_for(
     specs = specs or runner.signature.inputs
     if inputs is not None:
         data = load_npz(inputs) if not isinstance(inputs, dict) else inputs
+        data = {k: v for k, v in data.items() if not k.startswith(FAILURE_KEYS)}  # a kept failure file's outputs
         source = str(inputs) if not isinstance(inputs, dict) else "given arrays"
         return [check_feeds(data, specs, source, extra_ok=("labels",))], source
     merged = {**(bounds or {}), **runner.index_bounds()}  # the runner's own bounds win
@@ -57,24 +88,31 @@ def compare_runners(
     atol: float | None = None,
     seed: int = 0,
     specs: tuple[TensorSpec, ...] | None = None,
+    tolerances: dict[str, tuple[float, float]] | None = None,
+    keep_failure: Path | None = None,
 ) -> ParityReport:
     """Run A and B on the same inputs; A is the reference.
 
     ``specs`` overrides the input specs that random inputs are drawn from (named as A's
     inputs): convert passes the converted model's, which may have more dynamic dims.
+    ``tolerances``: (rtol, atol) per output name of A. ``keep_failure``: where to write the
+    first failing input set and both outputs (.npz) when parity fails.
     """
     mapping = match_names(a.signature.input_names, b.signature.input_names, "inputs")
     bounds_b = b.index_bounds()  # a fallback where A cannot tell (e.g. a torch module vs its ONNX)
     bounds = {name_a: bounds_b[name_b] for name_a, name_b in mapping.items() if name_b in bounds_b}
     feeds, source = feeds_for(a, inputs=inputs, dims=dims, seed=seed, bounds=bounds, specs=specs)
-    runs = []
+    runs, kept = [], None
     for feed in feeds:
         ref = a.run(feed)
         got = b.run(_rename(feed, mapping, b.signature.inputs))
         shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
-        runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol)))
+        runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)))
+        if not runs[-1] and keep_failure is not None and kept is None:
+            _keep_failure(keep_failure, feed, ref, got)
+            kept = str(keep_failure)
     ok = all(runs)
-    return ParityReport(a.path, b.path, a.format, b.format, tuple(runs), ok, source)
+    return ParityReport(a.path, b.path, a.format, b.format, tuple(runs), ok, source, failure_file=kept)
 
 
 def verify(
@@ -90,6 +128,8 @@ def verify(
     rtol: float | None = None,
     atol: float | None = None,
     seed: int = 0,
+    tolerances: dict[str, tuple[float, float]] | None = None,
+    keep_failure: str | Path | None = None,
 ) -> ParityReport:
     """Compare two artifacts of any formats on the same inputs.
 
@@ -100,6 +140,8 @@ def verify(
             random inputs from A's signature when omitted (dynamic dims at two sizes).
         dims: sizes for symbolic dims by name, e.g. ``{"batch": 4}``.
         rtol, atol: tolerances; defaults depend on the output dtype.
+        tolerances: (rtol, atol) per output name of A, over rtol/atol.
+        keep_failure: where to write the failing inputs and both outputs (.npz) if parity fails.
 
     Returns:
         A ParityReport; ``bool(report)`` is the verdict.
@@ -111,4 +153,5 @@ def verify(
     with open_runner(a, a_format, a_options) as ra, open_runner(b, b_format, b_options) as rb:
         if not ra.signature.inputs:
             raise BadInputError("model has no inputs to feed", path=a)
-        return compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed)
+        return compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, tolerances=tolerances,
+                               keep_failure=Path(keep_failure) if keep_failure is not None else None)

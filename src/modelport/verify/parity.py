@@ -17,7 +17,8 @@ import numpy as np
 
 from modelport.errors import BadInputError
 
-__all__ = ["OutputParity", "RunParity", "ParityReport", "default_tolerance", "compare_outputs", "match_names"]
+__all__ = ["OutputParity", "RunParity", "ParityReport", "default_tolerance", "compare_outputs", "match_names",
+           "parse_tolerances"]
 
 TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-7, 1e-9), "float16": (1e-2, 1e-3), "bfloat16": (2e-2, 1e-2)}
 
@@ -69,6 +70,8 @@ class ParityReport:
     runs: tuple[RunParity, ...]
     ok: bool
     inputs_source: str
+    failure_file: str | None = None  # the failing inputs and both outputs (.npz), when parity failed
+    reproduce: str | None = None  # a command that reruns the failing comparison
 
     def __bool__(self) -> bool:
         return self.ok
@@ -192,7 +195,37 @@ def compare_outputs(
     *,
     rtol: float | None = None,
     atol: float | None = None,
+    per_output: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[OutputParity, ...]:
-    """Compare B's outputs to A's (the reference), matched by name else by position."""
+    """Compare B's outputs to A's (the reference), matched by name else by position.
+
+    ``per_output`` gives (rtol, atol) for named outputs of A, over ``rtol``/``atol`` and the dtype defaults.
+    """
     mapping = match_names(list(ref), list(got), "outputs")
-    return tuple(compare_output(n, ref[n], got[mapping[n]], rtol, atol) for n in ref)
+    check_tolerance_names(per_output, list(ref))
+    tol = per_output or {}
+    return tuple(compare_output(n, ref[n], got[mapping[n]], *tol.get(n, (rtol, atol))) for n in ref)
+
+
+def check_tolerance_names(per_output: dict[str, tuple[float, float]] | None, outputs: list[str]) -> None:
+    unknown = sorted(set(per_output or {}) - set(outputs))
+    if unknown:
+        raise BadInputError(f"--tol names output(s) {unknown} that the reference does not have (its outputs: {outputs})")
+
+
+def parse_tolerances(items: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``["logits=1e-3,1e-4", ...]`` (NAME=rtol,atol) -> {"logits": (1e-3, 1e-4)}."""
+    out: dict[str, tuple[float, float]] = {}
+    for item in items or ():
+        name, _, values = item.rpartition("=")
+        parts = values.split(",")
+        try:
+            if not name or len(parts) != 2:
+                raise ValueError
+            rtol, atol = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise BadInputError(f"bad --tol {item!r}: expected NAME=rtol,atol (e.g. logits=1e-3,1e-5)") from None
+        if rtol < 0 or atol < 0:
+            raise BadInputError(f"bad --tol {item!r}: tolerances must be >= 0")
+        out[name] = (rtol, atol)
+    return out
