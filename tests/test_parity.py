@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -121,3 +123,26 @@ def test_a_failed_conversion_keeps_the_failing_inputs_beside_the_requested_outpu
     with np.load(kept) as data:
         assert any(k.startswith("reference/") for k in data.files) and any(k.startswith("candidate/") for k in data.files)
     assert info.value.report.failure_file == str(kept)
+
+
+def test_the_reference_evaluator_arbitrates_which_model_is_off(cli, tmp_path):
+    same = _add_model(tmp_path / "same.onnx", np.zeros(4))
+    bad = _add_model(tmp_path / "inf.onnx", np.array([0, 0, np.inf, 0]))
+    res = cli("verify", same, bad, "--arbiter", "reference", "--json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    judged = doc["arbiter"]
+    assert judged["onnx_side"] == "a" and judged["a_ok"] is True and judged["b_ok"] is False
+    assert judged["verdict"].startswith("B is off") and judged["a_worst_rel"] < 1e-6
+    agree = cli("verify", same, _add_model(tmp_path / "same2.onnx", np.zeros(4)), "--arbiter", "reference")
+    assert agree.exit_code == 0 and "both agree with the ONNX reference evaluator" in agree.stdout
+    wrong = cli("verify", same, bad, "--arbiter", "ort")
+    assert wrong.exit_code == 2 and "'reference'" in wrong.stderr
+
+
+def test_the_arbiter_needs_an_onnx_side(cli, cnn, tmp_path):
+    import zoo
+
+    res = cli("verify", cnn.spec, cnn.spec, "--weights", cnn.safetensors, "--b-weights", cnn.safetensors,
+              "--input", zoo.CNN_INPUT, "--arbiter", "reference")
+    assert res.exit_code == 2 and "needs an ONNX model on one side" in res.stderr

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from modelport.artifact import to_jsonable
 from modelport.cli.output import console, emit_json, fmt_float, progress
 
 
@@ -43,6 +44,7 @@ def register(app: typer.Typer) -> None:
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,
         tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
         report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failure keeps its inputs and outputs (default: beside B).")] = None,
+        arbiter: Annotated[Optional[str], typer.Option("--arbiter", help="reference: also run the ONNX side through onnx.reference, to tell which model is off.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -51,7 +53,11 @@ def register(app: typer.Typer) -> None:
         import dataclasses
 
         import modelport as api
+        from modelport.errors import BadInputError
         from modelport.verify import failure_path
+
+        if arbiter not in (None, "reference"):
+            raise BadInputError(f"--arbiter {arbiter!r}: the one arbiter is 'reference' (onnx.reference)")
 
         with progress(not as_json, f"verifying {b} against {a}"):
             report = api.verify(
@@ -66,10 +72,26 @@ def register(app: typer.Typer) -> None:
                 words += [flag, str(value)] if value is not None else []
             words += [w for spec in input or () for w in ("--input", spec)] + [w for t in tol or () for w in ("--tol", t)]
             report = dataclasses.replace(report, reproduce=shlex.join(words))
+        judged = None
+        if arbiter:
+            from modelport.formats import LoadOptions
+            from modelport.inputs import parse_input_spec
+            from modelport.verify.arbiter import arbitrate
+
+            specs = tuple(parse_input_spec(s) for s in input or ())
+            with progress(not as_json, "asking the ONNX reference evaluator"):
+                judged = arbitrate(a, b, a_format=a_format, b_format=b_format, inputs=inputs, rtol=rtol, atol=atol,
+                                   a_options=LoadOptions(weights=weights, inputs=specs, device=device),
+                                   b_options=LoadOptions(weights=b_weights, inputs=specs, device=device),
+                                   dims=api._dims(dim), seed=seed, tolerances=api._tolerances(tol))
         if as_json:
-            emit_json(report)
+            emit_json({**to_jsonable(report), "arbiter": to_jsonable(judged)} if judged else report)
         else:
             console.print(parity_table(report))
+            if judged:
+                console.print(f"arbiter (onnx.reference on {judged.reference_of}): {judged.verdict}; "
+                              f"A max rel {judged.a_worst_rel:.2e}, B max rel {judged.b_worst_rel:.2e}",
+                              markup=False, soft_wrap=True)
             if report.failure_file:
                 console.print(f"failing inputs and both outputs kept in {report.failure_file}; reproduce: {report.reproduce}",
                               markup=False, soft_wrap=True)
