@@ -146,3 +146,53 @@ def test_the_arbiter_needs_an_onnx_side(cli, cnn, tmp_path):
     res = cli("verify", cnn.spec, cnn.spec, "--weights", cnn.safetensors, "--b-weights", cnn.safetensors,
               "--input", zoo.CNN_INPUT, "--arbiter", "reference")
     assert res.exit_code == 2 and "needs an ONNX model on one side" in res.stderr
+
+
+def _labelled(cnn_onnx: str, path, n: int = 32) -> str:
+    """Random inputs for the zoo CNN labelled with its own top-1 (the source scores 1.0)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(cnn_onnx, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((n, 3, 32, 32)).astype(np.float32)
+    labels = sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(-1)
+    np.savez(path, **{sess.get_inputs()[0].name: x, "labels": labels})
+    return str(path)
+
+
+def test_convert_measures_the_task_metric_and_can_be_judged_on_it(cli, cnn_onnx, tmp_path):
+    data = _labelled(cnn_onnx, tmp_path / "eval.npz")
+    res = cli("convert", cnn_onnx, "--to", "torch", "-o", tmp_path / "t1", "--eval", data, "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["metric"]["metric"] == "top-1" and doc["metric"]["before"] == 1.0 and doc["metric"]["after"] == 1.0
+    assert doc["metric"]["samples"] == 32 and doc["ok"] is True
+    # elementwise parity cannot pass (a negative atol), the task budget decides: judged on the task, it passes
+    judged = cli("convert", cnn_onnx, "--to", "torch", "-o", tmp_path / "t2", "--eval", data, "--max-drop", "0.01",
+                 "--atol", "-1", "--rtol", "0", "--json")
+    assert judged.exit_code == 0, judged.stderr
+    doc = json.loads(judged.stdout)
+    assert doc["parity"]["ok"] is False and doc["ok"] is True and doc["metric"]["max_drop"] == 0.01
+    plain = cli("convert", cnn_onnx, "--to", "torch", "-o", tmp_path / "t3", "--atol", "-1", "--rtol", "0")
+    assert plain.exit_code == 1 and not (tmp_path / "t3").exists()
+
+
+def test_a_metric_of_your_own(cli, cnn_onnx, tmp_path):
+    data = _labelled(cnn_onnx, tmp_path / "eval.npz")
+    (tmp_path / "m.py").write_text(
+        "import numpy as np\n"
+        "def top2(outputs, labels):\n"
+        "    scores = next(iter(outputs.values()))\n"
+        "    best2 = np.argsort(scores, axis=-1)[:, -2:]\n"
+        "    return float(np.mean([l in row for l, row in zip(labels, best2)]))\n"
+        "def broken(outputs, labels):\n"
+        "    raise ValueError('no')\n")
+    res = cli("convert", cnn_onnx, "--to", "torch", "-o", tmp_path / "t", "--eval", data, "--metric", f"{tmp_path / 'm.py'}:top2", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["metric"]["metric"] == "top2" and json.loads(res.stdout)["metric"]["after"] == 1.0
+    for spec, why in ((f"{tmp_path / 'm.py'}:nope", "no function 'nope'"), (f"{tmp_path / 'missing.py'}:f", "no such metric file"),
+                      ("m.txt", "expected path/file.py:function"), (f"{tmp_path / 'm.py'}:broken", "failed: ValueError")):
+        bad = cli("convert", cnn_onnx, "--to", "torch", "-o", tmp_path / "x", "--eval", data, "--metric", spec)
+        assert bad.exit_code == 2 and why in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, (spec, bad.stderr)
+        assert not (tmp_path / "x").exists()
+    no_data = cli("convert", cnn_onnx, "--to", "torch", "-o", tmp_path / "y", "--max-drop", "0.01")
+    assert no_data.exit_code == 2 and "--eval" in no_data.stderr

@@ -124,6 +124,9 @@ def convert(
     atol: float | None = None,
     tol: Tolerances = None,
     report_dir: str | Path | None = None,
+    eval_data: str | Path | dict[str, np.ndarray] | None = None,
+    metric: str | None = None,
+    max_drop: float | None = None,
     progress: Callable[[str], None] | None = None,
 ):
     """Convert ``src`` to format ``to`` (through ONNX where needed) and verify the result.
@@ -134,7 +137,9 @@ def convert(
 
     ``tol`` gives (rtol, atol) per output name. When parity fails, nothing is written but the
     failing inputs and both outputs (``NAME.parity-failure.npz`` beside ``out``, or in ``report_dir``),
-    and the error says how to rerun the comparison.
+    and the error says how to rerun the comparison. ``eval_data`` (inputs + ``labels``) measures the
+    task metric (top-1, or ``metric="file.py:fn"``) of source and result; with ``max_drop`` the
+    conversion is judged on the task (for approximate routes such as float16 TFLite).
 
     Returns a ConvertReport; raises CheckFailedError (nothing written) when parity fails.
     """
@@ -146,7 +151,7 @@ def convert(
                              extra=extra)
     return run_pipeline(src, to, out, src_format=src_format, options=options, verify=verify, inputs=inputs,
                         dims=_dims(dims), rtol=rtol, atol=atol, tolerances=_tolerances(tol), report_dir=report_dir,
-                        progress=progress)
+                        eval_data=eval_data, metric=metric, max_drop=max_drop, progress=progress)
 
 
 def verify(

@@ -131,17 +131,22 @@ def _fix_for_op(profile: Profile, op: str, domain: str, opset: int) -> tuple[str
     return NO_FIX, None
 
 
-def _types(model: onnx.ModelProto) -> dict[str, int]:
+def _types(model: onnx.ModelProto) -> tuple[dict[str, int], str]:
+    """Element types of every value (shape inference where it can), and a note when it could not run."""
+    note = ""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001  (the check goes on with the types the file declares)
         inferred = model
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+        note = (f"shape inference failed ({type(exc).__name__}: {why}): dtype problems were checked only for values "
+                "whose type the file declares; intermediate values of unknown type were skipped")
     g = inferred.graph
     types = {i.name: i.data_type for i in g.initializer}
     for vi in [*g.input, *g.output, *g.value_info]:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
             types[vi.name] = vi.type.tensor_type.elem_type
-    return types
+    return types, note
 
 
 def _opset_problems(model: onnx.ModelProto, profile: Profile, used: set[str]) -> tuple[list[Problem], dict[str, int], int]:
@@ -249,9 +254,12 @@ def check_model(model: onnx.ModelProto, target: str | Path | Profile, *, path: s
     problems, opsets, effective = _opset_problems(model, profile, used)
     caveats: dict[tuple[str, str], list[str]] = {}
     cast_nodes: dict[str, list[str]] = {}
-    problems += _op_problems(model, profile, opsets, effective, _types(model), caveats, cast_nodes)
+    types, types_note = _types(model)
+    problems += _op_problems(model, profile, opsets, effective, types, caveats, cast_nodes)
     boundary, notes = _boundary_problems(model, profile)
     problems += boundary
+    if types_note:
+        notes.append(types_note)
     for d, labels in cast_nodes.items():
         notes.append(f"{len(labels)} {d} node(s) (e.g. {labels[0]!r}) have no {d} kernel on {profile.name}: "
                      f"it runs them in {profile.casts[d]} through inserted Casts (slower)")

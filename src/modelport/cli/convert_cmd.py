@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,
         tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
         report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failed verification keeps its inputs and outputs (default: beside the output).")] = None,
+        eval_data: Annotated[Optional[str], typer.Option("--eval", help="Labelled data (.npz: inputs + labels): measure the task metric of source and result.")] = None,
+        metric: Annotated[Optional[str], typer.Option("--metric", help="The task metric: file.py:fn(outputs, labels) -> float (default top-1).")] = None,
+        max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Judge on the task: the largest acceptable metric drop (with --eval).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Convert a model to another format and verify it still computes the same outputs."""
@@ -44,7 +47,7 @@ def register(app: typer.Typer) -> None:
                 src, to, out, src_format=src_format, weights=weights, input_specs=input, opset=opset,
                 dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims,
                 verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol, tol=tol, report_dir=report_dir,
-                progress=update,
+                eval_data=eval_data, metric=metric, max_drop=max_drop, progress=update,
             )
         if as_json:
             emit_json(report)
@@ -55,6 +58,10 @@ def register(app: typer.Typer) -> None:
         table.add_row("route", " -> ".join([report.src_format] + [s.dst_format for s in steps]))
         for step in steps:
             table.add_row(f"{step.src_format} -> {step.dst_format}", f"{step.tool}: {step.detail}")
+        if report.metric is not None:
+            m = report.metric
+            budget = f" (budget {m.max_drop:g}: {'met' if m.within_budget else 'missed'})" if m.max_drop is not None else ""
+            table.add_row(m.metric, f"{m.before:.4f} -> {m.after:.4f} on {m.samples} samples{budget}")
         table.add_row("time", f"{report.seconds:.1f} s")
         console.print(table)
         for w in report.warnings:

@@ -328,14 +328,14 @@ def _to_channels_first(rank: int) -> list[int]:
     return [0, rank - 1, *range(1, rank - 1)]
 
 
-def _transposed_outputs(src: str, folder: Path) -> dict[str, list[int]]:
-    """Outputs of the SavedModel in ``folder`` that onnx2tf left channels-last: ``{its name: perm back}``.
+def _transposed_outputs(src: str, folder: Path) -> tuple[dict[str, list[int]], str]:
+    """Outputs of the SavedModel in ``folder`` that onnx2tf left channels-last: ``({its name: perm back}, note)``.
 
     Both models run on the same random input. An output whose shape fits only the
     channels-last permutation of the ONNX output is transposed; where both layouts fit
     (equal dims), the layout with the smaller max abs difference to onnxruntime wins, and a
-    tie (values symmetric under the permutation) leaves it as it is. Any output or model
-    this cannot run leaves it as it is too: verification judges it afterwards.
+    tie (values symmetric under the permutation) leaves it as it is. When the models cannot be
+    run here, every output is left as it is and the note says why (verification judges the result).
     """
     from modelport.formats import open_runner
     from modelport.inputs import make_inputs
@@ -343,7 +343,7 @@ def _transposed_outputs(src: str, folder: Path) -> dict[str, list[int]]:
 
     with open_runner(src, "onnx") as ref:
         if not any(o.shape is not None and 3 <= len(o.shape) <= 5 for o in ref.signature.outputs):
-            return {}
+            return {}, ""
         with open_runner(folder, "savedmodel") as conv:
             feeds = make_inputs(conv.signature.inputs, seed=0, bounds=ref.index_bounds())[0]
             try:
@@ -352,8 +352,10 @@ def _transposed_outputs(src: str, folder: Path) -> dict[str, list[int]]:
                                     "outputs")
                 want = ref.run(feeds)
                 got = conv.run(feeds)
-            except Exception:  # noqa: BLE001 - the check cannot run; verification judges the model
-                return {}
+            except Exception as exc:  # noqa: BLE001 - the check cannot run; verification judges the model
+                why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                return {}, (f"output layouts were not checked (the models could not be run on one input: "
+                            f"{type(exc).__name__}: {why}); feature-map outputs may be channels-last")
     found: dict[str, list[int]] = {}
     for name, a in want.items():
         b = got.get(pairs.get(name, ""))
@@ -371,7 +373,7 @@ def _transposed_outputs(src: str, folder: Path) -> dict[str, list[int]]:
             if not swapped < same:
                 continue
         found[pairs[name]] = perm
-    return found
+    return found, ""
 
 
 def _wrap_outputs(folder: Path, perms: dict[str, list[int]]) -> None:
@@ -412,12 +414,12 @@ def _saved_model_to_tflite(folder: Path, dest: Path, dtype: str) -> None:
         dest.write_bytes(converter.convert())
 
 
-def _restore_output_layout(src: str, folder: Path) -> list[str]:
-    """Transpose channels-last outputs of the SavedModel back to the ONNX layout; their names."""
-    perms = _transposed_outputs(src, folder)
+def _restore_output_layout(src: str, folder: Path) -> tuple[list[str], tuple[str, ...]]:
+    """Transpose channels-last outputs of the SavedModel back to the ONNX layout; (their names, warnings)."""
+    perms, note = _transposed_outputs(src, folder)
     if perms:
         _wrap_outputs(folder, perms)
-    return sorted(perms)
+    return sorted(perms), (note,) if note else ()
 
 
 def _flex_ops(path: Path) -> list[str]:
@@ -434,9 +436,9 @@ def onnx_to_savedmodel(src: str, out: str, options: ConvertOptions) -> Converter
     run = _run_onnx2tf(src, folder, options)
     for extra in folder.glob("*.tflite"):
         extra.unlink()
-    restored = _restore_output_layout(src, folder)
+    restored, layout_notes = _restore_output_layout(src, folder)
     return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, restored=restored),
-                           warnings=(run.note,) if run.note else ())
+                           warnings=((run.note,) if run.note else ()) + layout_notes)
 
 
 @register("onnx", "tflite", "onnx2tf")
@@ -453,7 +455,7 @@ def onnx_to_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResu
         found = sorted(saved.glob(f"*_{dtype}.tflite"))
         if not found:
             raise ExportError(f"onnx2tf wrote no {dtype} .tflite file", path=src)
-        restored = _restore_output_layout(src, saved)
+        restored, layout_notes = _restore_output_layout(src, saved)
         if restored:  # onnx2tf's .tflite has them channels-last: made again from the wrapped SavedModel
             tflite = work / f"restored_{dtype}.tflite"
             try:
@@ -469,5 +471,5 @@ def onnx_to_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResu
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, f"tflite {dtype}", restored),
-                           warnings=(run.note,) if run.note else (),
+                           warnings=((run.note,) if run.note else ()) + layout_notes,
                            tolerance=(1e-2, 1e-3) if dtype == "float16" else None)

@@ -18,6 +18,8 @@ from modelport.errors import BadInputError
 from modelport.formats import LoadOptions, detect, open_runner
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 from modelport.verify import ParityReport, compare_runners, failure_path
+from modelport.verify.metrics import TaskMetric, evaluate_pair
+from modelport.verify.parity import match_names
 
 __all__ = ["ConvertReport", "ConvertStep", "convert", "default_output", "parity_verifier"]
 
@@ -34,7 +36,8 @@ class ConvertReport:
     parity: ParityReport | None
     warnings: tuple[str, ...]
     seconds: float
-    ok: bool | None  # the parity verdict; None when the conversion was not verified (verify=False)
+    ok: bool | None  # the verdict (parity, or the task budget with max_drop); None when not verified
+    metric: TaskMetric | None = None  # source vs result on the eval data, when given
 
     def __bool__(self) -> bool:
         return self.ok is True
@@ -117,11 +120,14 @@ class ConvertStep:
 
 def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol, seed, *,
                     tolerances: dict[str, tuple[float, float]] | None = None, keep_failure: Path | None = None,
-                    reproduce: Callable[[str], str] | None = None):
+                    reproduce: Callable[[str], str] | None = None, eval_data=None, metric: str | None = None,
+                    max_drop: float | None = None):
     """Convert's verification: the result against the source on the same inputs (two shapes when dynamic).
 
     On a failure the failing inputs and both outputs go to ``keep_failure`` (.npz), and the verdict
-    says where and how to rerun the comparison (``reproduce(failure_file)``).
+    says where and how to rerun the comparison (``reproduce(failure_file)``). With ``eval_data``
+    the task metric of both is measured too; with ``max_drop`` as well, the conversion is judged
+    on the task (metric drop within the budget) and elementwise parity is reported, not enforced.
     """
 
     def verify(source: Artifact, result: Artifact, tolerance: tuple[float, float] | None) -> Verdict:
@@ -130,14 +136,23 @@ def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol,
                 open_runner(result.path, result.format) as rb:
             parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=r, atol=a, seed=seed, tolerances=tolerances,
                                      specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature),
-                                     keep_failure=keep_failure)
+                                     keep_failure=keep_failure if max_drop is None else None)
+            task = None
+            if eval_data is not None:
+                mapping = match_names(ra.signature.input_names, rb.signature.input_names, "inputs")
+                task = evaluate_pair(ra, rb, eval_data, metric, max_drop,
+                                     rename=lambda f: {mapping[k]: v for k, v in f.items()})
+        if task is not None and task.within_budget is not None:
+            summary = (f"converted model misses the task budget: {task.metric} {task.before:.4f} -> {task.after:.4f} "
+                       f"(drop {task.drop:.4f} > {task.max_drop:g})")
+            return Verdict(bool(task.within_budget), summary, parity, task)
         summary = f"converted model does not match the source: {parity.summary()}"
         if parity.failure_file:
             command = reproduce(parity.failure_file) if reproduce else None
             parity = dataclasses.replace(parity, reproduce=command)
             summary += f"; failing inputs and both outputs kept in {parity.failure_file}" + (
                 f"; reproduce: {command}" if command else "")
-        return Verdict(parity.ok, summary, parity)
+        return Verdict(parity.ok, summary, parity, task)
 
     return verify
 
@@ -157,6 +172,9 @@ def convert(
     seed: int = 0,
     tolerances: dict[str, tuple[float, float]] | None = None,
     report_dir: str | Path | None = None,
+    eval_data: str | Path | dict[str, np.ndarray] | None = None,
+    metric: str | None = None,
+    max_drop: float | None = None,
     progress=None,
 ) -> ConvertReport:
     """Convert a model to another format through the route planner, verifying the result.
@@ -169,6 +187,8 @@ def convert(
         verify: compare the result with the source on the same inputs (default on).
         tolerances: (rtol, atol) per output name, over rtol/atol.
         report_dir: where a failed verification keeps its inputs (default: beside ``out``).
+        eval_data, metric, max_drop: the task metric (default top-1, or ``file.py:fn``) of source and result
+            on labelled data; with ``max_drop`` the conversion is judged on the task, not elementwise.
 
     Raises:
         CheckFailedError: parity failed; nothing is written.
@@ -192,16 +212,18 @@ def convert(
         words += [w for name, (r, a) in (tolerances or {}).items() for w in ("--tol", f"{name}={r!r},{a!r}")]
         return shlex.join(words)
 
+    if max_drop is not None and eval_data is None:
+        raise BadInputError("a task budget (--max-drop) needs labelled eval data (--eval data.npz)")
     verifier = parity_verifier(fmt, options, inputs, dims, rtol, atol, seed, tolerances=tolerances, reproduce=reproduce,
-                               keep_failure=failure_path(out_path, report_dir)) if verify else None
+                               keep_failure=failure_path(out_path, report_dir), eval_data=eval_data, metric=metric,
+                               max_drop=max_drop) if verify else None
     with Staging(out_path) as staging:
         result = Pipeline(steps, verify=verifier, progress=progress).run(Artifact(src, fmt, lineage=read_lineage(src)), staging)
         with open_runner(result.artifact.path, to) as rb:
             sig = rb.signature
         staging.place(result.artifact.path, out_path)
-    parity = result.verdict.parity if result.verdict else None
-    if parity is not None:
-        parity = dataclasses.replace(parity, b=str(out_path))  # not the temporary file it was run from
+    verdict = result.verdict
+    parity = dataclasses.replace(verdict.parity, b=str(out_path)) if verdict else None  # not the temporary file
     artifact = dataclasses.replace(result.artifact, path=str(out_path), signature=sig)
     return ConvertReport(src, fmt, to, artifact, tuple(e.name for e in route), parity, result.warnings,
-                         time.perf_counter() - started, parity.ok if parity is not None else None)
+                         time.perf_counter() - started, verdict.ok if verdict else None, verdict.metric if verdict else None)
