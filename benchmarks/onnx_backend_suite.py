@@ -59,9 +59,9 @@ def run_onnx2torch(model: onnx.ModelProto, inputs: list) -> list:
 
     net = onnx2torch.convert(model).eval()
     with torch.no_grad():
-        out = net(*[bs.to_torch(v) for v in inputs])
+        out = net(*[bs.as_tensor(v) for v in inputs])
     outs = list(out) if isinstance(out, (tuple, list)) and len(model.graph.output) > 1 else [out]
-    return [bs.to_numpy(o) for o in outs]
+    return [bs.as_array(o) for o in outs]
 
 
 def onnx2torch_available() -> bool:

@@ -36,3 +36,8 @@ def test_demo_shows_equal_accuracy_across_formats(tmp_path, capsys):
     assert (tmp_path / "digits_cnn.onnx").is_file()
     assert (tmp_path / "digits_cnn_torch" / "model.py").is_file()
     assert (tmp_path / "digits_cnn.tflite").is_file()
+    # one self-contained HTML verification report per converted model, each with its verdict
+    assert report["reports"] == [str(tmp_path / f"verification-{f}.html") for f in ("onnx", "torch", "tflite")]
+    for path in report["reports"]:
+        page = open(path, encoding="utf-8").read()
+        assert "PASS" in page and "data:image/png;base64," in page and "http://" not in page

@@ -171,22 +171,32 @@ def verify(
     device: str = "cpu",
     tol: Tolerances = None,
     keep_failure: str | Path | None = None,
+    report: str | Path | None = None,
 ):
     """Compare two models of any formats on the same inputs; returns a ParityReport.
 
     ``tol`` gives (rtol, atol) per output name; ``keep_failure`` is where the failing inputs and
-    both outputs go (.npz) when parity fails (the CLI keeps them beside B).
+    both outputs go (.npz) when parity fails (the CLI keeps them beside B); ``report`` writes the
+    self-contained HTML report there (parity table, error histograms, B's lineage).
     """
     from modelport.verify import verify as run_verify
 
     specs = _specs(input_specs)
-    return run_verify(
+    captured: list = []
+    parity = run_verify(
         a, b, a_format=a_format, b_format=b_format,
         a_options=LoadOptions(weights=weights, inputs=specs, device=device),
         b_options=LoadOptions(weights=b_weights, inputs=specs, device=device),
         inputs=inputs, dims=_dims(dims), rtol=rtol, atol=atol, seed=seed, tolerances=_tolerances(tol),
-        keep_failure=keep_failure,
+        keep_failure=keep_failure, capture=captured,
     )
+    if report is not None:
+        from modelport.pipeline import read_lineage
+        from modelport.verify.html import output_diffs, write_report
+
+        _, ref, got = captured[0]
+        write_report(report, parity, diffs=output_diffs(ref, got), route=read_lineage(b))
+    return parity
 
 
 def inspect(path: str | Path, *, fmt: str | None = None, weights: str | None = None, input_specs: SpecsLike = None) -> Any:

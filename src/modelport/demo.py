@@ -44,6 +44,7 @@ class DemoReport:
     train_seconds: float
     convert_seconds: float
     ok: bool  # every converted model passed parity against Keras and scores its test accuracy exactly
+    reports: tuple[str, ...] = ()  # the HTML verification report of each converted model against Keras
     notes: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
@@ -153,7 +154,7 @@ def _size(path: str) -> int:
 
 def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: Callable[[str], None] | None = None) -> DemoReport:
     """Run the demo; artifacts go to ``out_dir`` (a temp dir, removed afterwards, when None)."""
-    from modelport import bench, convert
+    from modelport import bench, convert, verify
 
     say = progress or (lambda msg: None)
     with tempfile.TemporaryDirectory(prefix="modelport-demo-") as tmp:
@@ -178,6 +179,11 @@ def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: C
         say("converting ONNX -> TFLite (verified against Keras)")
         tflite_report = convert(keras_path, "tflite", work / "digits_cnn.tflite")
         models.append(("converted", "tflite", tflite_report.artifact.path, _parity(tflite_report)))
+        say("writing the HTML verification reports")
+        reports = []
+        for _, fmt, path, _ in models[1:]:
+            reports.append(str(work / f"verification-{fmt}.html"))
+            verify(keras_path, path, report=reports[-1])
         models.extend(_compress_chain(work, onnx_path, x_train, y_train, x_test, y_test, say))
         say("measuring test accuracy")
         accs = [accuracy(path, x_test, y_test) for _, _, path, _ in models]
@@ -191,4 +197,4 @@ def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: C
         notes = ()
         if not out_dir:
             notes = ("artifacts were written to a temporary directory and removed; pass --out DIR to keep them",)
-        return DemoReport(rows, len(x_test), train_s, convert_s, _verdict(rows), notes)
+        return DemoReport(rows, len(x_test), train_s, convert_s, _verdict(rows), tuple(reports), notes)

@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
                               "-" if r.p50_ms_batch1 is None else f"{r.p50_ms_batch1:.3f}",
                               "-" if r.p50_ms_batch8 is None else f"{r.p50_ms_batch8:.3f}", r.parity)
             console.print(table)
+            if out:
+                console.print(f"HTML verification reports: {', '.join(report.reports)}", markup=False, soft_wrap=True)
             for note in report.notes:
                 console.print(f"[dim]{note}[/]")
         if not report:

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,
         tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
         report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failure keeps its inputs and outputs (default: beside B).")] = None,
+        html: Annotated[Optional[str], typer.Option("--report", help="Write a self-contained HTML report here (tables, error histograms, lineage).")] = None,
         arbiter: Annotated[Optional[str], typer.Option("--arbiter", help="reference: also run the ONNX side through onnx.reference, to tell which model is off.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
@@ -63,7 +64,7 @@ def register(app: typer.Typer) -> None:
             report = api.verify(
                 a, b, a_format=a_format, b_format=b_format, weights=weights, b_weights=b_weights, input_specs=input,
                 inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device, tol=tol,
-                keep_failure=failure_path(b, report_dir),
+                keep_failure=failure_path(b, report_dir), report=html,
             )
         if report.failure_file:
             words = ["modelport", "verify", a, b, "--inputs", report.failure_file]
@@ -92,6 +93,8 @@ def register(app: typer.Typer) -> None:
                 console.print(f"arbiter (onnx.reference on {judged.reference_of}): {judged.verdict}; "
                               f"A max rel {judged.a_worst_rel:.2e}, B max rel {judged.b_worst_rel:.2e}",
                               markup=False, soft_wrap=True)
+            if html:
+                console.print(f"report: {html}", markup=False, soft_wrap=True)
             if report.failure_file:
                 console.print(f"failing inputs and both outputs kept in {report.failure_file}; reproduce: {report.reproduce}",
                               markup=False, soft_wrap=True)

@@ -186,17 +186,17 @@ def compare(expected: list, actual: list, rtol: float, atol: float) -> str:
     return ""
 
 
-def to_torch(v):
+def as_tensor(v):
     from modelport.to_torch import dtypes
 
     if v is None:
         return None
     if isinstance(v, list):
-        return [to_torch(t) for t in v]
+        return [as_tensor(t) for t in v]
     return dtypes.to_torch(np.asarray(v))
 
 
-def to_numpy(v):
+def as_array(v):
     import torch
 
     from modelport.to_torch import dtypes
@@ -204,7 +204,7 @@ def to_numpy(v):
     if v is None:
         return None
     if isinstance(v, (list, tuple)):
-        return [to_numpy(t) for t in v]
+        return [as_array(t) for t in v]
     if isinstance(v, torch.Tensor):
         return dtypes.to_numpy(v)
     return np.asarray(v)
@@ -219,10 +219,10 @@ def run_modelport(model: onnx.ModelProto, inputs: list) -> list:
         to_torch.convert(model, d)
         net = to_torch.load(d)
     with torch.no_grad():
-        out = net(*[to_torch(v) for v in inputs])
+        out = net(*[as_tensor(v) for v in inputs])
     n_out = len(model.graph.output)
     outs = [out] if n_out == 1 else list(out)
-    return [to_numpy(o) for o in outs]
+    return [as_array(o) for o in outs]
 
 
 def run_onnxruntime(model: onnx.ModelProto, inputs: list) -> list:

@@ -90,13 +90,15 @@ def compare_runners(
     specs: tuple[TensorSpec, ...] | None = None,
     tolerances: dict[str, tuple[float, float]] | None = None,
     keep_failure: Path | None = None,
+    capture: list | None = None,
 ) -> ParityReport:
     """Run A and B on the same inputs; A is the reference.
 
     ``specs`` overrides the input specs that random inputs are drawn from (named as A's
     inputs): convert passes the converted model's, which may have more dynamic dims.
     ``tolerances``: (rtol, atol) per output name of A. ``keep_failure``: where to write the
-    first failing input set and both outputs (.npz) when parity fails.
+    first failing input set and both outputs (.npz) when parity fails. ``capture``: a list that
+    receives ``(feed, A's outputs, B's outputs)`` of the first failing run, else of the first run.
     """
     mapping = match_names(a.signature.input_names, b.signature.input_names, "inputs")
     bounds_b = b.index_bounds()  # a fallback where A cannot tell (e.g. a torch module vs its ONNX)
@@ -108,6 +110,8 @@ def compare_runners(
         got = b.run(_rename(feed, mapping, b.signature.inputs))
         shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
         runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)))
+        if capture is not None and (not capture or (not runs[-1] and all(runs[:-1]))):
+            capture[:] = [(feed, ref, got)]
         if not runs[-1] and keep_failure is not None and kept is None:
             _keep_failure(keep_failure, feed, ref, got)
             kept = str(keep_failure)
@@ -130,6 +134,7 @@ def verify(
     seed: int = 0,
     tolerances: dict[str, tuple[float, float]] | None = None,
     keep_failure: str | Path | None = None,
+    capture: list | None = None,
 ) -> ParityReport:
     """Compare two artifacts of any formats on the same inputs.
 
@@ -154,4 +159,4 @@ def verify(
         if not ra.signature.inputs:
             raise BadInputError("model has no inputs to feed", path=a)
         return compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, tolerances=tolerances,
-                               keep_failure=Path(keep_failure) if keep_failure is not None else None)
+                               keep_failure=Path(keep_failure) if keep_failure is not None else None, capture=capture)

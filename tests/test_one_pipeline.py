@@ -143,13 +143,14 @@ def test_an_unenforced_verdict_is_reported_but_does_not_mark_the_step(tmp_path):
 
 
 def test_convert_to_torch_that_fails_verification_leaves_nothing(cnn_onnx, tmp_path):
-    """The route runs to its end; parity then fails (a tolerance no result can meet): nothing is placed."""
+    """The route runs to its end; parity then fails (a tolerance no result can meet): no model is placed,
+    only the kept failing inputs."""
     from modelport.convert.run import convert
 
     out = tmp_path / "cnn_torch"
     with pytest.raises(CheckFailedError, match="does not match the source"):
         convert(cnn_onnx, "torch", out, rtol=0.0, atol=-1.0)
-    assert _listing(tmp_path) == []
+    assert _listing(tmp_path) == ["cnn_torch.parity-failure.npz"]
 
 
 def test_convert_appends_to_the_lineage_of_its_source(cnn_onnx, tmp_path):
