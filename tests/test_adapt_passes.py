@@ -241,3 +241,31 @@ def test_a_late_failure_leaves_the_destination_as_it_was(monkeypatch, tmp_path, 
     assert listing(tmp_path) == ["m.onnx", "out"]
     monkeypatch.undo()  # and the same run without the failure succeeds
     assert adapt(src, out, opset=17, rename=["x=tokens"]).ok and listing(out_dir) == ["adapted.onnx"]
+
+
+def test_a_failed_adapt_keeps_the_failing_inputs_and_honours_per_output_tolerances(tmp_path, cli):
+    """The same verification contract as verify and convert: --tol per output, failing inputs kept."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"])], "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    src = tmp_path / "gelu.onnx"
+    onnx.save(model, str(src))
+    out = tmp_path / "out" / "approx.onnx"
+    # an approximation judged at a tolerance it cannot meet fails, keeping its inputs beside the output
+    res = cli("adapt", src, "-o", out, "--replace", "Gelu=tanh-approx", "--tol", "y=0,1e-9")
+    assert res.exit_code == 1 and not out.exists()
+    kept = tmp_path / "out" / "approx.parity-failure.npz"
+    assert kept.is_file() and f"kept in {kept}" in res.stderr
+    with np.load(kept) as data:
+        assert sorted(data.files) == ["candidate/y", "reference/y", "x"]
+        assert np.abs(data["candidate/y"] - data["reference/y"]).max() > 1e-9
+    # the kept inputs rerun the comparison; a per-output tolerance the approximation meets passes
+    again = cli("adapt", src, "-o", out, "--replace", "Gelu=tanh-approx", "--tol", "y=0,1e-2", "--inputs", kept)
+    assert again.exit_code == 0 and out.is_file(), again.stderr
+    unknown = cli("adapt", src, "-o", tmp_path / "u.onnx", "--replace", "Gelu=tanh-approx", "--tol", "z=0,1")
+    assert unknown.exit_code == 2 and "['z']" in unknown.stderr and not (tmp_path / "u.onnx").exists()

@@ -17,6 +17,7 @@ when everything passed; its lineage is the input's plus this step's record.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ import numpy as np
 from modelport.artifact import Artifact, StepRecord
 from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
 from modelport.pipeline import Pipeline, PipelineResult, Staging, StepResult, Verdict, Verifier, read_lineage
+from modelport.verify import failure_path
 
 if TYPE_CHECKING:  # light at import: `import modelport` may import this module eagerly
     from onnx_ir.passes import PassBase
@@ -194,9 +196,13 @@ def _open(path: str, device: str, warnings: list[str]):
 
 
 def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs, dims, rtol, atol, seed,
-            eval_data, warnings: list[str]) -> tuple[ParityReport, dict[str, Any] | None]:
-    """Run the original (on the inputs mapped back through the boundary changes) and the adapted model; compare."""
-    from modelport.verify import feeds_for
+            eval_data, warnings: list[str], tolerances=None, keep_failure: Path | None = None,
+            ) -> tuple[ParityReport, dict[str, Any] | None]:
+    """Run the original (on the inputs mapped back through the boundary changes) and the adapted model; compare.
+
+    The first failing input set (the adapted model's inputs) and both outputs go to ``keep_failure``.
+    """
+    from modelport.verify import feeds_for, keep_failure_file
     from modelport.verify.parity import ParityReport, RunParity, compare_outputs
 
     out_names: dict[str, str] = {}
@@ -205,7 +211,7 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
             out_names.update({new: old for old, new in b.params["mapping"].items()})
     with _open(src, device, warnings) as ra, _open(out, device, warnings) as rb:
         feeds, source = feeds_for(rb, inputs=inputs, dims=dims, seed=seed)
-        runs = []
+        runs, kept = [], []
         for feed in feeds:
             ref = _run_reference(ra, _map_feed(feed, boundaries, orig_dtypes))
             try:
@@ -215,8 +221,12 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
                 msg = " ".join(str(exc).split())[:300]
                 raise CheckFailedError(f"the adapted model fails on inputs {shapes}: {msg}", path=src) from None
             shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
-            runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol)))
-        parity = ParityReport(src, out, "onnx", "onnx", tuple(runs), all(runs), source)
+            runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)))
+            if not runs[-1] and keep_failure is not None and not kept:
+                keep_failure_file(keep_failure, feed, ref, got)
+                kept.append(str(keep_failure))
+        parity = ParityReport(src, out, "onnx", "onnx", tuple(runs), all(runs), source,
+                              failure_file=kept[0] if kept else None)
         metric = _task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names) if eval_data is not None else None
     return parity, metric
 
@@ -445,22 +455,28 @@ class AdaptPassesStep:
         return StepResult(Artifact(str(out), "onnx", graph_signature(proto)), record, (), tolerance, self.outcome)
 
 
-def _verifier(step: AdaptPassesStep, warnings: list[str], *, device: str, inputs, dims, rtol, atol, seed, eval_data) -> Verifier:
+def _verifier(step: AdaptPassesStep, warnings: list[str], *, device: str, inputs, dims, rtol, atol, seed, eval_data,
+              tolerances=None, report_dir=None) -> Verifier:
     """adapt's verification: the result against its input on the same data, mapped through the boundary changes.
 
     Exact changes must match (rel err <= 1e-5, or the dtype default for a float16 io dtype); approximations are
     measured and reported, and enforced only at a tolerance the user gave. Notes (device fallback) go to ``warnings``.
     """
-    given = rtol is not None or atol is not None
+    given = rtol is not None or atol is not None or bool(tolerances)  # a tolerance the user asked for is enforced
 
     def verify(source: Artifact, result: Artifact, tolerance: tuple[float, float] | None) -> Verdict:
         done = step.outcome
         r, a = (rtol, atol) if given or tolerance is None else tolerance
+        enforce = not done.approximations or given
         parity, metric = _verify(source.path, result.path, done.boundaries, done.orig_dtypes, device=device, inputs=inputs, dims=dims,
-                                 rtol=r, atol=a, seed=seed, eval_data=eval_data, warnings=warnings)
+                                 rtol=r, atol=a, seed=seed, eval_data=eval_data, warnings=warnings, tolerances=tolerances,
+                                 keep_failure=failure_path(step.plan.out, report_dir) if enforce else None)
         parity = dataclasses.replace(parity, b=str(step.plan.out))  # not the scratch file it ran from
-        return Verdict(parity.ok, f"adapted model does not match its input: {parity.summary()}", parity, metric,
-                       enforce=not done.approximations or given)
+        summary = f"adapted model does not match its input: {parity.summary()}"
+        if parity.failure_file:
+            summary += (f"; failing inputs (the adapted model's) and both outputs kept in {parity.failure_file}; "
+                        f"reproduce: the same adapt command with --inputs {shlex.quote(parity.failure_file)}")
+        return Verdict(parity.ok, summary, parity, metric, enforce=enforce)
 
     return verify
 
@@ -518,6 +534,8 @@ def adapt(
     rtol: float | None = None,
     atol: float | None = None,
     seed: int = 0,
+    tolerances: dict[str, tuple[float, float]] | None = None,
+    report_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> AdaptReport:
     """Adapt an ONNX model to a target and/or by explicit changes; verify; write ``out`` atomically.
@@ -537,6 +555,8 @@ def adapt(
         eval_data: an .npz of the adapted model's inputs plus ``labels``: report top-1 before and after.
         inputs, dims, rtol, atol, seed: verification data and tolerances (defaults: rel err <= 1e-5 for
             exact changes, float16 tolerance for a float16 io dtype).
+        tolerances: (rtol, atol) per output name; report_dir: where a failed verification keeps its
+            inputs and both outputs (default: ``NAME.parity-failure.npz`` beside ``out``).
 
     Returns:
         An AdaptReport; raises CheckFailedError (nothing written) when an exact change does not verify.
@@ -553,7 +573,8 @@ def adapt(
     if plan.empty:
         return _unchanged(plan, started)
     step, notes = AdaptPassesStep(plan), []
-    verifier = _verifier(step, notes, device=device, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, eval_data=eval_data)
+    verifier = _verifier(step, notes, device=device, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, eval_data=eval_data,
+                         tolerances=tolerances, report_dir=report_dir)
     source = Artifact(plan.src, "onnx", lineage=read_lineage(plan.src))
     try:
         with Staging(plan.out) as staging:

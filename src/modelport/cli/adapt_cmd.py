@@ -31,12 +31,15 @@ def register(app: typer.Typer) -> None:
         dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim for verification, name=value (repeatable).")] = None,
         rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,
+        tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
+        report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failed verification keeps its inputs and outputs (default: beside the output).")] = None,
         list_rules: Annotated[bool, typer.Option("--list-rules", help="List the rewrite rules and exit.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Adapt an ONNX model to a target (ops, opset, inputs/outputs) and verify it still computes the same."""
         from modelport.adapt.run import adapt as run_adapt
         from modelport.inputs import parse_dims
+        from modelport.verify.parity import parse_tolerances
 
         if list_rules:
             from modelport.adapt.rules import all_rules
@@ -52,6 +55,7 @@ def register(app: typer.Typer) -> None:
             report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
                                rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,
                                eval_data=eval_data, inputs=inputs, dims=parse_dims(dim) or None, rtol=rtol, atol=atol,
+                               tolerances=parse_tolerances(tol) or None, report_dir=report_dir,
                                progress=update)
         if as_json:
             emit_json(report)

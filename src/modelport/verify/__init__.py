@@ -13,7 +13,7 @@ from modelport.inputs import check_feeds, load_npz, make_inputs
 from modelport.verify.parity import OutputParity, ParityReport, RunParity, compare_outputs, match_names
 
 __all__ = ["verify", "compare_runners", "ParityReport", "RunParity", "OutputParity", "feeds_for", "failure_path",
-           "FAILURE_KEYS"]
+           "keep_failure_file", "FAILURE_KEYS"]
 
 # Keys of a kept failure file besides the inputs: both models' outputs.
 FAILURE_KEYS = ("reference/", "candidate/")
@@ -26,7 +26,7 @@ def failure_path(near: str | Path, report_dir: str | Path | None = None) -> Path
     return Path(report_dir or p.parent) / f"{stem}.parity-failure.npz"
 
 
-def _keep_failure(path: Path, feed: dict[str, np.ndarray], ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
+def keep_failure_file(path: Path, feed: dict[str, np.ndarray], ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
     """The failing inputs and both outputs, written whole or not at all."""
     import os
     import tempfile
@@ -113,7 +113,7 @@ def compare_runners(
         if capture is not None and (not capture or (not runs[-1] and all(runs[:-1]))):
             capture[:] = [(feed, ref, got)]
         if not runs[-1] and keep_failure is not None and kept is None:
-            _keep_failure(keep_failure, feed, ref, got)
+            keep_failure_file(keep_failure, feed, ref, got)
             kept = str(keep_failure)
     ok = all(runs)
     return ParityReport(a.path, b.path, a.format, b.format, tuple(runs), ok, source, failure_file=kept)
