@@ -18,6 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import zoo
 from modelport.errors import BadInputError, MissingExtraError
 from modelport.verify import verify
 from modelport.verify.html import failure_diffs, format_number, output_diffs, write_report
@@ -97,13 +98,7 @@ def _matmul_model(path, w: np.ndarray) -> str:
 
 
 def _add_model(path, offset: np.ndarray) -> str:
-    """y = x + offset; x: [batch, 4] float32."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "offset"], ["y"])], "add",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(offset.astype(np.float32), "offset")])
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return zoo.add_offset_model(path, offset)
 
 
 def _run(path: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+import zoo
 from modelport.verify.parity import compare_output
 
 
 def _add_model(path, offset: np.ndarray) -> str:
-    """y = x + offset (offset a constant), x: [batch, 4] float32."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "offset"], ["y"])], "add",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(offset.astype(np.float32), "offset")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return str(path)
+    return zoo.add_offset_model(path, offset)
 
 
 def test_inf_where_the_reference_is_finite_fails_the_cli(cli, tmp_path):

@@ -404,3 +404,21 @@ def onnx_export(*args, **kwargs):
 
     with quiet():
         return torch.onnx.export(*args, **kwargs)
+
+
+def add_offset_model(path, offset) -> str:
+    """An ONNX model y = x + offset (a constant of 4 values), x: [batch, 4] float32, checked and saved."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])], "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.asarray(offset, dtype=np.float32), "offset")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
