@@ -22,6 +22,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
+from typing import IO
 
 DEBUG_ENV = "MODELPORT_DEBUG"
 
@@ -41,7 +42,7 @@ CHATTER = re.compile(
 _lock = threading.Lock()
 _depth = 0
 _saved_fd: int | None = None
-_capture: tempfile._TemporaryFileWrapper | None = None  # type: ignore[name-defined]
+_capture: IO[bytes] | None = None
 
 
 def debug() -> bool:
