@@ -259,3 +259,16 @@ def test_feature_map_output_float16_tflite(tmp_path):
     with open_runner(out) as r:
         dtypes = {np.dtype(t["dtype"]).name for t in r.interp.get_tensor_details()}
     assert "float16" in dtypes and r.signature.outputs[0].dtype == "float32"
+
+
+@pytest.mark.slow
+def test_onnx_to_tflite_from_a_relative_path(cnn_onnx, tmp_path, monkeypatch):
+    """onnx2tf runs in a scratch cwd: a source given relative to the user's cwd must still be found."""
+    import shutil
+
+    from modelport.convert.run import convert
+
+    shutil.copy(cnn_onnx, tmp_path / "net.onnx")
+    monkeypatch.chdir(tmp_path)
+    report = convert("net.onnx", "tflite", "net.tflite")
+    assert report.ok and (tmp_path / "net.tflite").is_file()

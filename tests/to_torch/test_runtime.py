@@ -944,3 +944,28 @@ def test_lstm_input_forget_couples_the_gates():
     for a, c in zip(one, two, strict=True):
         assert torch.equal(a, c)
     assert not torch.allclose(one[0], plain[0])
+
+
+def test_value_to_line_points_at_the_statement_when_runtime_functions_are_embedded(tmp_path):
+    """value_to_line counts model.py's lines; a multi-line runtime function above forward must not shift it."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelport import to_torch
+
+    graph = helper.make_graph(  # a Reshape to a runtime shape needs the embedded _reshape
+        [helper.make_node("Reshape", ["a", "b"], ["q"], name="reshape"), helper.make_node("Neg", ["q"], ["y"], name="neg")],
+        "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+              helper.make_tensor_value_info("b", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    to_torch.convert(model, tmp_path)
+    lines = (tmp_path / "model.py").read_text().splitlines()
+    meta = json.loads((tmp_path / "modelport_torch.json").read_text())
+    assert "def _reshape(" in "\n".join(lines)
+    for value, node in (("q", "reshape"), ("y", "neg")):
+        statement = lines[meta["value_to_line"][value] - 1]
+        comment = lines[meta["value_to_line"][value] - 2]
+        assert node in comment and "=" in statement, (value, comment, statement)

@@ -271,13 +271,14 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
     sizes = _frozen_sizes(model, 1, 16)
     asked = _parse_dims(options.get("static_dims"))
     sizes.update(asked)
-    folder = folder.resolve()  # onnx2tf runs in a scratch cwd
+    folder = folder.resolve()  # onnx2tf runs in a scratch cwd: paths resolved before it changes
+    source = os.path.abspath(src)
     with _scratch_cwd() as scratch:
         if asked:
             first = "asked for"
         else:
             try:
-                _convert_file(os.path.abspath(src), folder, kept, list(pseudo))
+                _convert_file(source, folder, kept, list(pseudo))
                 return _Run(kept, {})
             except ExportError as exc:
                 if not sizes:

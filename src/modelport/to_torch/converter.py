@@ -241,7 +241,7 @@ def _assemble(ms, g, args, ret, model) -> tuple[str, dict[str, int]]:
     from modelport.to_torch.runtime import HELPERS
 
     for h in ms.helpers:
-        head += ["", HELPERS[h].strip("\n"), ""]
+        head += ["", *HELPERS[h].strip("\n").splitlines(), ""]  # one entry per line: value_to_line counts entries
     head += ["", f"class {CLASS_NAME}(nn.Module):", "    def __init__(self):",
              "        super().__init__()"]
     head += [f"        {ln}" for ln in ms.init_lines]
