@@ -318,7 +318,7 @@ def test_route_table_from_a_real_conversion(models, tmp_path):
 
 
 def _item(node, op, output, max_abs, max_rel, inputs_max_rel):
-    return SimpleNamespace(node=node, op=op, output=output, max_abs=max_abs, max_rel=max_rel, inputs_max_rel=inputs_max_rel)
+    return SimpleNamespace(node=node, op_type=op, output=output, max_abs=max_abs, max_rel=max_rel, inputs_max_rel=inputs_max_rel)
 
 
 def test_localization_section_from_the_documented_interface(models, tmp_path):

@@ -185,3 +185,40 @@ def test_a_metric_of_your_own(cli, cnn_onnx, tmp_path):
         assert not (tmp_path / "x").exists()
     no_data = cli("convert", cnn_onnx, "--to", "torch", "-o", tmp_path / "y", "--max-drop", "0.01")
     assert no_data.exit_code == 2 and "--eval" in no_data.stderr
+
+
+def _mlp(path, scale: float = 1.0) -> str:
+    """x[batch, 4] -> MatMul(W1) 'fc1' -> Relu 'act' -> MatMul(W2 * scale) 'fc2' -> y; fixed weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="act"),
+         helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2")], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2 * np.float32(scale), "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_verify_localizes_and_reduces_a_divergence_from_the_cli(cli, tmp_path):
+    a, b = _mlp(tmp_path / "a.onnx"), _mlp(tmp_path / "b.onnx", scale=1.5)
+    res = cli("verify", a, b, "--localize", "--reduce", tmp_path / "small.onnx", "--report", tmp_path / "r.html", "--json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["localization"]["first_divergent"]["node"] == "fc2"
+    assert [c["node"] for c in doc["localization"]["compared"] if c["ok"]][:2] == ["fc1", "act"]
+    assert doc["reduced"]["nodes"] == ["fc2"] and (tmp_path / "small.onnx").is_file()
+    rerun = cli("verify", tmp_path / "small.onnx", doc["reduced"]["b_path"], "--inputs", doc["reduced"]["inputs_path"])
+    assert rerun.exit_code == 1  # the written piece still fails on its written inputs
+    page = (tmp_path / "r.html").read_text()
+    assert "fc2" in page and "FAIL" in page
+    text = cli("verify", a, b, "--localize")
+    assert "first divergence at node 'fc2' (MatMul)" in text.stdout
+    agree = cli("verify", a, _mlp(tmp_path / "c.onnx"), "--localize")
+    assert agree.exit_code == 0 and "nothing to localize" in agree.stdout

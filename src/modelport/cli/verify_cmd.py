@@ -28,6 +28,40 @@ def parity_table(report) -> Table:
     return table
 
 
+def localization_table(loc) -> Table:
+    table = Table(title=f"localization ({loc.method}): {loc.summary()}")
+    for col in ("node", "op", "output", "B tensor", "max rel", "inputs max rel", "ok"):
+        table.add_column(col)
+    first = loc.first_divergent
+    for c in loc.compared:
+        mark = "[red]NO[/]" if not c.ok else "[green]yes[/]"
+        table.add_row(("[bold]" if c is first else "") + c.node, c.op_type, c.output, c.b_name or "-",
+                      fmt_float(c.max_rel), fmt_float(c.inputs_max_rel), mark)
+    if loc.note:
+        table.caption = loc.note
+    return table
+
+
+def _locate(a, b, report, inputs, dim, seed, rtol, atol, localize: bool, reduce_to: str | None, show: bool):
+    """Localization and reduction on the first input set of the comparison (the failing one when kept)."""
+    from modelport.formats import open_runner
+    from modelport.inputs import parse_dims
+    from modelport.verify import feeds_for
+    from modelport.verify.localize import localize as run_localize
+
+    source = report.failure_file or inputs
+    with open_runner(a) as ra:
+        feeds = feeds_for(ra, inputs=source, dims=parse_dims(dim) if dim else None, seed=seed)[0][0]
+    with progress(show, "localizing the divergence"):
+        located = run_localize(a, b, feeds, rtol=rtol, atol=atol) if localize else None
+        reduced = None
+        if reduce_to:
+            from modelport.verify.reduce import reduce as run_reduce
+
+            reduced = run_reduce(a, b, feeds, reduce_to, rtol=rtol, atol=atol)
+    return located, reduced
+
+
 def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify(
@@ -45,6 +79,8 @@ def register(app: typer.Typer) -> None:
         tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
         report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failure keeps its inputs and outputs (default: beside B).")] = None,
         html: Annotated[Optional[str], typer.Option("--report", help="Write a self-contained HTML report here (tables, error histograms, lineage).")] = None,
+        localize: Annotated[bool, typer.Option("--localize", help="Find the first node whose output diverges (A must be ONNX).")] = False,
+        reduce_to: Annotated[Optional[str], typer.Option("--reduce", help="Write the smallest failing subgraph of A (and B's) here, with its inputs (both ONNX).")] = None,
         arbiter: Annotated[Optional[str], typer.Option("--arbiter", help="reference: also run the ONNX side through onnx.reference, to tell which model is off.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
@@ -74,7 +110,7 @@ def register(app: typer.Typer) -> None:
             words += [w for spec in input or () for w in ("--input", spec)] + [w for t in tol or () for w in ("--tol", t)]
             report = dataclasses.replace(report, reproduce=shlex.join(words))
         judged = None
-        if arbiter:
+        if arbiter is not None:
             from modelport.formats import LoadOptions
             from modelport.inputs import parse_input_spec
             from modelport.verify.arbiter import arbitrate
@@ -85,14 +121,32 @@ def register(app: typer.Typer) -> None:
                                    a_options=LoadOptions(weights=weights, inputs=specs, device=device),
                                    b_options=LoadOptions(weights=b_weights, inputs=specs, device=device),
                                    dims=api._dims(dim), seed=seed, tolerances=api._tolerances(tol))
+        located = reduced = None
+        if (localize or reduce_to) and not report.ok:
+            located, reduced = _locate(a, b, report, inputs, dim, seed, rtol, atol, localize, reduce_to, not as_json)
+            if html and located is not None:  # the report again, now with the per-layer error curve
+                from modelport.pipeline import read_lineage
+                from modelport.verify.html import failure_diffs, write_report
+
+                write_report(html, report, diffs=failure_diffs(report.failure_file) if report.failure_file else None,
+                             localization=located, route=read_lineage(b))
         if as_json:
-            emit_json({**to_jsonable(report), "arbiter": to_jsonable(judged)} if judged else report)
+            extra = {k: to_jsonable(v) for k, v in (("arbiter", judged), ("localization", located), ("reduced", reduced)) if v is not None}
+            emit_json({**to_jsonable(report), **extra} if extra else report)
         else:
             console.print(parity_table(report))
-            if judged:
+            if judged is not None:
                 console.print(f"arbiter (onnx.reference on {judged.reference_of}): {judged.verdict}; "
                               f"A max rel {judged.a_worst_rel:.2e}, B max rel {judged.b_worst_rel:.2e}",
                               markup=False, soft_wrap=True)
+            if located is not None:
+                console.print(localization_table(located))
+            if reduced is not None:
+                console.print(f"{reduced.summary()}; rerun: modelport verify {shlex.quote(reduced.path)} "
+                              f"{shlex.quote(reduced.b_path)} --inputs {shlex.quote(reduced.inputs_path)}",
+                              markup=False, soft_wrap=True)
+            if (localize or reduce_to) and report.ok:
+                console.print("the models agree: nothing to localize", markup=False)
             if html:
                 console.print(f"report: {html}", markup=False, soft_wrap=True)
             if report.failure_file:

@@ -394,7 +394,7 @@ def _localization_section(loc: Any, figure, canvas) -> str:
              f"<tr><th>note</th><td>{_e(loc.note)}</td></tr>"
              f"<tr><th>compared tensors</th><td>{len(items)}</td></tr>"
              f"<tr><th>first divergent</th><td>"
-             + (_e(f"#{divergent + 1} {items[divergent].node} ({items[divergent].op}) \u2192 {items[divergent].output}")
+             + (_e(f"#{divergent + 1} {items[divergent].node} ({items[divergent].op_type}) \u2192 {items[divergent].output}")
                 if divergent is not None else
                 (_e(f"{loc.first_divergent.node} (not among the compared tensors)") if loc.first_divergent is not None
                  else "none"))
@@ -410,7 +410,7 @@ def _localization_section(loc: Any, figure, canvas) -> str:
             first = k == divergent
             row_cls = ' class="divergent"' if first else ""
             rows.append(f'<tr{row_cls} data-node="{_e(it.node)}">'
-                        + _td(k + 1, num=True) + _td(it.node) + _td(it.op) + _td(it.output)
+                        + _td(k + 1, num=True) + _td(it.node) + _td(it.op_type) + _td(it.output)
                         + _td(format_number(it.max_abs), num=True, metric="max_abs")
                         + _td(format_number(it.max_rel), num=True, metric="max_rel")
                         + _td(format_number(getattr(it, "inputs_max_rel", None)), num=True, metric="inputs_max_rel")
@@ -561,7 +561,7 @@ def write_report(
         diffs: per output name, the elementwise |a - b| of one input set (``output_diffs(ref, got)``,
             or ``failure_diffs(parity.failure_file)``): one histogram of log10 |a - b| each.
         localization: where the models diverge: an object with ``method``, ``note``, ``compared``
-            (items with ``node``, ``op``, ``output``, ``max_abs``, ``max_rel``, ``inputs_max_rel``),
+            (items with ``node``, ``op_type``, ``output``, ``max_abs``, ``max_rel``, ``inputs_max_rel``),
             ``first_divergent`` and ``summary()``: the per-layer error curve and its table.
         route: the lineage of B (``read_lineage(b)`` or ``ConvertReport.artifact.lineage``).
         title: the page's heading; "modelport verify: B against A" when omitted.
