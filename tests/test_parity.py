@@ -222,3 +222,14 @@ def test_verify_localizes_and_reduces_a_divergence_from_the_cli(cli, tmp_path):
     assert "first divergence at node 'fc2' (MatMul)" in text.stdout
     agree = cli("verify", a, _mlp(tmp_path / "c.onnx"), "--localize")
     assert agree.exit_code == 0 and "nothing to localize" in agree.stdout
+
+
+def test_a_failed_conversion_from_onnx_names_where_it_diverges(tmp_path):
+    """convert's error says which node diverges first, found on the kept failing inputs."""
+    from modelport.convert.run import convert
+    from modelport.errors import CheckFailedError
+
+    src = _mlp(tmp_path / "mlp.onnx")
+    with pytest.raises(CheckFailedError) as info:
+        convert(src, "torch", tmp_path / "mlp_torch", rtol=0.0, atol=-1.0)  # no output can pass: every node diverges
+    assert "first divergence at node 'fc1' (MatMul)" in str(info.value)
