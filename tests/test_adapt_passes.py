@@ -269,3 +269,31 @@ def test_a_failed_adapt_keeps_the_failing_inputs_and_honours_per_output_toleranc
     assert again.exit_code == 0 and out.is_file(), again.stderr
     unknown = cli("adapt", src, "-o", tmp_path / "u.onnx", "--replace", "Gelu=tanh-approx", "--tol", "z=0,1")
     assert unknown.exit_code == 2 and "['z']" in unknown.stderr and not (tmp_path / "u.onnx").exists()
+
+
+def test_adapt_judges_an_approximation_with_a_metric_of_your_own(tmp_path, cli):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["h"], name="gelu"), helper.make_node("MatMul", ["h", "w"], ["y"], name="fc")],
+        "clf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [numpy_helper.from_array(w, "w")])
+    src = tmp_path / "clf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(src))
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x, labels=np.zeros(64, dtype=np.int64))
+    (tmp_path / "m.py").write_text("import numpy as np\n"
+                                   "def mean_score(outputs, labels):\n"
+                                   "    return float(np.mean(outputs['y'][:, 0]))\n")
+    res = cli("adapt", src, "-o", tmp_path / "t.onnx", "--replace", "Gelu=tanh-approx", "--eval", tmp_path / "eval.npz",
+              "--metric", f"{tmp_path / 'm.py'}:mean_score", "--json")
+    assert res.exit_code == 0, res.stderr
+    metric = json.loads(res.stdout)["metric"]
+    want = float(np.mean((0.5 * x * (1 + np.vectorize(__import__("math").erf)(x / np.sqrt(2)))) @ w[:, 0]))
+    assert metric["metric"] == "mean_score" and abs(metric["before"] - want) < 1e-4 and abs(metric["after"] - want) < 1e-2
+    bad = cli("adapt", src, "-o", tmp_path / "u.onnx", "--replace", "Gelu=tanh-approx", "--eval", tmp_path / "eval.npz",
+              "--metric", f"{tmp_path / 'm.py'}:missing")
+    assert bad.exit_code == 2 and "no function 'missing'" in bad.stderr and not (tmp_path / "u.onnx").exists()

@@ -197,7 +197,7 @@ def _open(path: str, device: str, warnings: list[str]):
 
 def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs, dims, rtol, atol, seed,
             eval_data, warnings: list[str], tolerances=None, keep_failure: Path | None = None,
-            ) -> tuple[ParityReport, dict[str, Any] | None]:
+            metric_fn: str | None = None) -> tuple[ParityReport, dict[str, Any] | None]:
     """Run the original (on the inputs mapped back through the boundary changes) and the adapted model; compare.
 
     The first failing input set (the adapted model's inputs) and both outputs go to ``keep_failure``.
@@ -227,25 +227,33 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
                 kept.append(str(keep_failure))
         parity = ParityReport(src, out, "onnx", "onnx", tuple(runs), all(runs), source,
                               failure_file=kept[0] if kept else None)
-        metric = _task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names) if eval_data is not None else None
+        metric = (_task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names, metric_fn)
+                  if eval_data is not None else None)
     return parity, metric
 
 
-def _task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names) -> dict[str, Any]:
-    """Top-1 accuracy of the original and the adapted model on labelled data (keys: the adapted model's inputs + labels)."""
+def _task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names, metric: str | None = None) -> dict[str, Any]:
+    """The task metric (top-1, or ``metric`` = file.py:fn) of the original and the adapted model on labelled
+    data (keys: the adapted model's inputs + labels)."""
     from modelport.inputs import check_feeds, load_npz
+    from modelport.verify.metrics import load_metric
 
     data = load_npz(eval_data) if not isinstance(eval_data, dict) else dict(eval_data)
     if "labels" not in data:
         raise BadInputError("eval data needs a 'labels' array beside the inputs", path=str(eval_data))
     labels = np.asarray(data.pop("labels"))
+    name, fn = load_metric(metric)
     feed = check_feeds(data, rb.signature.inputs, str(eval_data))
     ref = _run_reference(ra, _map_feed(feed, boundaries, orig_dtypes))
     got = {out_names.get(k, k): v for k, v in rb.run(feed).items()}
-    name = next(iter(ref))
-    before = float(np.mean(np.argmax(ref[name], axis=-1) == labels))
-    after = float(np.mean(np.argmax(got[name], axis=-1) == labels))
-    return {"metric": "top1", "output": name, "samples": int(labels.shape[0]), "before": before, "after": after, "delta": after - before}
+    try:
+        before, after = float(fn(ref, labels)), float(fn(got, labels))
+    except BadInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a user metric that fails is a bad input, named)
+        raise BadInputError(f"the metric {name!r} failed: {type(exc).__name__}: {exc}"[:300]) from None
+    return {"metric": "top1" if metric is None else name, "output": next(iter(ref)), "samples": int(labels.shape[0]),
+            "before": before, "after": after, "delta": after - before}
 
 
 def _versions() -> tuple[tuple[str, str], ...]:
@@ -456,7 +464,7 @@ class AdaptPassesStep:
 
 
 def _verifier(step: AdaptPassesStep, warnings: list[str], *, device: str, inputs, dims, rtol, atol, seed, eval_data,
-              tolerances=None, report_dir=None) -> Verifier:
+              tolerances=None, report_dir=None, metric=None) -> Verifier:
     """adapt's verification: the result against its input on the same data, mapped through the boundary changes.
 
     Exact changes must match (rel err <= 1e-5, or the dtype default for a float16 io dtype); approximations are
@@ -468,15 +476,15 @@ def _verifier(step: AdaptPassesStep, warnings: list[str], *, device: str, inputs
         done = step.outcome
         r, a = (rtol, atol) if given or tolerance is None else tolerance
         enforce = not done.approximations or given
-        parity, metric = _verify(source.path, result.path, done.boundaries, done.orig_dtypes, device=device, inputs=inputs, dims=dims,
-                                 rtol=r, atol=a, seed=seed, eval_data=eval_data, warnings=warnings, tolerances=tolerances,
-                                 keep_failure=failure_path(step.plan.out, report_dir) if enforce else None)
+        parity, task = _verify(source.path, result.path, done.boundaries, done.orig_dtypes, device=device, inputs=inputs, dims=dims,
+                               rtol=r, atol=a, seed=seed, eval_data=eval_data, warnings=warnings, tolerances=tolerances,
+                               keep_failure=failure_path(step.plan.out, report_dir) if enforce else None, metric_fn=metric)
         parity = dataclasses.replace(parity, b=str(step.plan.out))  # not the scratch file it ran from
         summary = f"adapted model does not match its input: {parity.summary()}"
         if parity.failure_file:
             summary += (f"; failing inputs (the adapted model's) and both outputs kept in {parity.failure_file}; "
                         f"reproduce: the same adapt command with --inputs {shlex.quote(parity.failure_file)}")
-        return Verdict(parity.ok, summary, parity, metric, enforce=enforce)
+        return Verdict(parity.ok, summary, parity, task, enforce=enforce)
 
     return verify
 
@@ -507,7 +515,8 @@ def _report(plan: AdaptPlan, result: PipelineResult, notes: list[str], started: 
     if outcome.approximations:
         worst = max((o.max_rel for r in verdict.parity.runs for o in r.outputs), default=0.0)
         warnings.append(f"approximation(s) {', '.join(outcome.approximations)}: max rel err {worst:.2e} vs the input"
-                        + (f"; top-1 {verdict.metric['before']:.4f} -> {verdict.metric['after']:.4f}" if verdict.metric else ""))
+                        + (f"; {verdict.metric['metric']} {verdict.metric['before']:.4f} -> {verdict.metric['after']:.4f}"
+                           if verdict.metric else ""))
     ok = (verdict.ok or not verdict.enforce) and (outcome.check is None or bool(outcome.check))
     return AdaptReport(plan.src, str(plan.out), plan.profile.name if plan.profile else None, outcome.changes, outcome.approximations,
                        verdict.parity, verdict.metric, outcome.check, dataclasses.replace(result.artifact, path=str(plan.out)),
@@ -536,6 +545,7 @@ def adapt(
     seed: int = 0,
     tolerances: dict[str, tuple[float, float]] | None = None,
     report_dir: str | Path | None = None,
+    metric: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> AdaptReport:
     """Adapt an ONNX model to a target and/or by explicit changes; verify; write ``out`` atomically.
@@ -555,6 +565,7 @@ def adapt(
         eval_data: an .npz of the adapted model's inputs plus ``labels``: report top-1 before and after.
         inputs, dims, rtol, atol, seed: verification data and tolerances (defaults: rel err <= 1e-5 for
             exact changes, float16 tolerance for a float16 io dtype).
+        metric: ``file.py:fn(outputs, labels) -> float`` for the eval data instead of top-1.
         tolerances: (rtol, atol) per output name; report_dir: where a failed verification keeps its
             inputs and both outputs (default: ``NAME.parity-failure.npz`` beside ``out``).
 
@@ -574,7 +585,7 @@ def adapt(
         return _unchanged(plan, started)
     step, notes = AdaptPassesStep(plan), []
     verifier = _verifier(step, notes, device=device, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, eval_data=eval_data,
-                         tolerances=tolerances, report_dir=report_dir)
+                         tolerances=tolerances, report_dir=report_dir, metric=metric)
     source = Artifact(plan.src, "onnx", lineage=read_lineage(plan.src))
     try:
         with Staging(plan.out) as staging:

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         replace: Annotated[Optional[list[str]], typer.Option("--replace", help="Rewrite rule OP=RULE, e.g. Gelu=tanh-approx, LayerNormalization=decompose (repeatable).")] = None,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda (falls back to CPU when CUDA is missing).")] = "cpu",
         eval_data: Annotated[Optional[str], typer.Option("--eval", help=".npz of inputs + labels: report top-1 before/after.")] = None,
+        metric: Annotated[Optional[str], typer.Option("--metric", help="The task metric for --eval: file.py:fn(outputs, labels) -> float (default top-1).")] = None,
         inputs: Annotated[Optional[str], typer.Option("--inputs", help="Verify on these inputs (.npz keyed by the adapted model's input names).")] = None,
         dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim for verification, name=value (repeatable).")] = None,
         rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
@@ -55,7 +56,7 @@ def register(app: typer.Typer) -> None:
             report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
                                rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,
                                eval_data=eval_data, inputs=inputs, dims=parse_dims(dim) or None, rtol=rtol, atol=atol,
-                               tolerances=parse_tolerances(tol) or None, report_dir=report_dir,
+                               tolerances=parse_tolerances(tol) or None, report_dir=report_dir, metric=metric,
                                progress=update)
         if as_json:
             emit_json(report)
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
             table.add_row("target", f"{report.target}: {report.check.summary()}")
         if report.metric:
             m = report.metric
-            table.add_row("top-1", f"{m['before']:.4f} -> {m['after']:.4f} on {m['samples']} samples")
+            table.add_row(m["metric"], f"{m['before']:.4f} -> {m['after']:.4f} on {m['samples']} samples")
         table.add_row("time", f"{report.seconds:.1f} s")
         console.print(table)
         for w in report.warnings:
