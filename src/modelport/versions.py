@@ -29,6 +29,7 @@ _TOOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("onnx2tf", ("onnx2tf",)),
     ("openvino", ("openvino",)),
     ("scikit-learn", ("scikit-learn",)),
+    ("matplotlib", ("matplotlib",)),
 )
 
 
