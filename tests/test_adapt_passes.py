@@ -297,3 +297,51 @@ def test_adapt_judges_an_approximation_with_a_metric_of_your_own(tmp_path, cli):
     bad = cli("adapt", src, "-o", tmp_path / "u.onnx", "--replace", "Gelu=tanh-approx", "--eval", tmp_path / "eval.npz",
               "--metric", f"{tmp_path / 'm.py'}:missing")
     assert bad.exit_code == 2 and "no function 'missing'" in bad.stderr and not (tmp_path / "u.onnx").exists()
+
+
+def test_adapt_judged_on_the_task_with_max_drop(tmp_path, cli):
+    """--max-drop judges the adapted model on the eval metric (parity reported); a missed budget is exit 1."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], name="gelu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])])
+    src = tmp_path / "gelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(src))
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32) * 3
+    exact = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.savez(tmp_path / "eval.npz", x=x, labels=exact)  # the metric's "labels": the exact outputs
+    (tmp_path / "m.py").write_text("import numpy as np\n"
+                                   "def closeness(outputs, labels):\n"
+                                   "    return -float(np.abs(outputs['y'] - labels).max())\n")
+    common = ["--replace", "Gelu=tanh-approx", "--eval", tmp_path / "eval.npz", "--metric", f"{tmp_path / 'm.py'}:closeness"]
+    ok = cli("adapt", src, "-o", tmp_path / "ok.onnx", *common, "--max-drop", "0.1", "--json")
+    assert ok.exit_code == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["ok"] is True and doc["metric"]["before"] == 0.0 and 0 < -doc["metric"]["after"] < 0.1
+    missed = cli("adapt", src, "-o", tmp_path / "missed.onnx", *common, "--max-drop", "1e-9")
+    assert missed.exit_code == 1 and "misses the task budget" in missed.stderr and not (tmp_path / "missed.onnx").exists()
+    alone = cli("adapt", src, "-o", tmp_path / "x.onnx", "--replace", "Gelu=tanh-approx", "--max-drop", "0.1")
+    assert alone.exit_code == 2 and "--eval" in alone.stderr
+
+
+def test_a_failed_exact_adapt_names_the_first_divergent_node(tmp_path):
+    """With the same inputs on both sides (no boundary change), a parity failure is localized in the error."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelport.adapt.run import adapt
+    from modelport.errors import CheckFailedError
+
+    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["h"], name="gelu"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])])
+    src = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(src))
+    with pytest.raises(CheckFailedError) as info:
+        adapt(src, tmp_path / "t.onnx", replace=["Gelu=tanh-approx"], rtol=0.0, atol=1e-12)
+    message = str(info.value)
+    # the rewrite renames Gelu's output, so the localization compares outputs and says so
+    assert "output 'y' (node 'relu', Relu) diverges" in message and "share no names" in message and "kept in" in message

@@ -30,6 +30,7 @@ from modelport.artifact import Artifact, StepRecord
 from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
 from modelport.pipeline import Pipeline, PipelineResult, Staging, StepResult, Verdict, Verifier, read_lineage
 from modelport.verify import failure_path
+from modelport.verify.localize import localize_failure
 
 if TYPE_CHECKING:  # light at import: `import modelport` may import this module eagerly
     from onnx_ir.passes import PassBase
@@ -464,11 +465,12 @@ class AdaptPassesStep:
 
 
 def _verifier(step: AdaptPassesStep, warnings: list[str], *, device: str, inputs, dims, rtol, atol, seed, eval_data,
-              tolerances=None, report_dir=None, metric=None) -> Verifier:
+              tolerances=None, report_dir=None, metric=None, max_drop: float | None = None) -> Verifier:
     """adapt's verification: the result against its input on the same data, mapped through the boundary changes.
 
     Exact changes must match (rel err <= 1e-5, or the dtype default for a float16 io dtype); approximations are
-    measured and reported, and enforced only at a tolerance the user gave. Notes (device fallback) go to ``warnings``.
+    measured and reported, and enforced only at a tolerance the user gave. With ``max_drop`` (and eval data) the
+    result is judged on the task metric instead. Notes (device fallback) go to ``warnings``.
     """
     given = rtol is not None or atol is not None or bool(tolerances)  # a tolerance the user asked for is enforced
 
@@ -478,9 +480,17 @@ def _verifier(step: AdaptPassesStep, warnings: list[str], *, device: str, inputs
         enforce = not done.approximations or given
         parity, task = _verify(source.path, result.path, done.boundaries, done.orig_dtypes, device=device, inputs=inputs, dims=dims,
                                rtol=r, atol=a, seed=seed, eval_data=eval_data, warnings=warnings, tolerances=tolerances,
-                               keep_failure=failure_path(step.plan.out, report_dir) if enforce else None, metric_fn=metric)
-        parity = dataclasses.replace(parity, b=str(step.plan.out))  # not the scratch file it ran from
+                               keep_failure=failure_path(step.plan.out, report_dir) if enforce and max_drop is None else None,
+                               metric_fn=metric)
+        if max_drop is not None:
+            drop = task["before"] - task["after"]
+            return Verdict(drop <= max_drop, f"adapted model misses the task budget: {task['metric']} {task['before']:.4f} -> "
+                           f"{task['after']:.4f} (drop {drop:.4f} > {max_drop:g})",
+                           dataclasses.replace(parity, b=str(step.plan.out)), {**task, "max_drop": max_drop})
         summary = f"adapted model does not match its input: {parity.summary()}"
+        if parity.failure_file and not done.boundaries:  # the same inputs on both sides: localizable
+            summary += f"; {localize_failure(source.path, result.path, parity.failure_file, rtol=r, atol=a)}"
+        parity = dataclasses.replace(parity, b=str(step.plan.out))  # not the scratch file it ran from
         if parity.failure_file:
             summary += (f"; failing inputs (the adapted model's) and both outputs kept in {parity.failure_file}; "
                         f"reproduce: the same adapt command with --inputs {shlex.quote(parity.failure_file)}")
@@ -546,6 +556,7 @@ def adapt(
     tolerances: dict[str, tuple[float, float]] | None = None,
     report_dir: str | Path | None = None,
     metric: str | None = None,
+    max_drop: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> AdaptReport:
     """Adapt an ONNX model to a target and/or by explicit changes; verify; write ``out`` atomically.
@@ -566,6 +577,7 @@ def adapt(
         inputs, dims, rtol, atol, seed: verification data and tolerances (defaults: rel err <= 1e-5 for
             exact changes, float16 tolerance for a float16 io dtype).
         metric: ``file.py:fn(outputs, labels) -> float`` for the eval data instead of top-1.
+        max_drop: judge the result on the task: the largest acceptable metric drop (needs ``eval_data``).
         tolerances: (rtol, atol) per output name; report_dir: where a failed verification keeps its
             inputs and both outputs (default: ``NAME.parity-failure.npz`` beside ``out``).
 
@@ -578,6 +590,8 @@ def adapt(
     """
     started = time.perf_counter()
     say = progress or (lambda msg: None)
+    if max_drop is not None and eval_data is None:
+        raise BadInputError("a task budget (--max-drop) needs labelled eval data (--eval data.npz)")
     options = _parse_options(model, out, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch, rename=rename,
                              io_dtype=io_dtype, normalize=normalize, replace=replace)
     plan = _plan(options, target, say)
@@ -585,7 +599,7 @@ def adapt(
         return _unchanged(plan, started)
     step, notes = AdaptPassesStep(plan), []
     verifier = _verifier(step, notes, device=device, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, eval_data=eval_data,
-                         tolerances=tolerances, report_dir=report_dir, metric=metric)
+                         tolerances=tolerances, report_dir=report_dir, metric=metric, max_drop=max_drop)
     source = Artifact(plan.src, "onnx", lineage=read_lineage(plan.src))
     try:
         with Staging(plan.out) as staging:

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         replace: Annotated[Optional[list[str]], typer.Option("--replace", help="Rewrite rule OP=RULE, e.g. Gelu=tanh-approx, LayerNormalization=decompose (repeatable).")] = None,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda (falls back to CPU when CUDA is missing).")] = "cpu",
         eval_data: Annotated[Optional[str], typer.Option("--eval", help=".npz of inputs + labels: report top-1 before/after.")] = None,
+        max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Judge on the task: the largest acceptable metric drop (with --eval).")] = None,
         metric: Annotated[Optional[str], typer.Option("--metric", help="The task metric for --eval: file.py:fn(outputs, labels) -> float (default top-1).")] = None,
         inputs: Annotated[Optional[str], typer.Option("--inputs", help="Verify on these inputs (.npz keyed by the adapted model's input names).")] = None,
         dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim for verification, name=value (repeatable).")] = None,
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
             report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
                                rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,
                                eval_data=eval_data, inputs=inputs, dims=parse_dims(dim) or None, rtol=rtol, atol=atol,
-                               tolerances=parse_tolerances(tol) or None, report_dir=report_dir, metric=metric,
+                               tolerances=parse_tolerances(tol) or None, report_dir=report_dir, metric=metric, max_drop=max_drop,
                                progress=update)
         if as_json:
             emit_json(report)

@@ -18,6 +18,7 @@ from modelport.errors import BadInputError
 from modelport.formats import LoadOptions, detect, open_runner
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 from modelport.verify import ParityReport, compare_runners, failure_path
+from modelport.verify.localize import localize_failure
 from modelport.verify.metrics import TaskMetric, evaluate_pair
 from modelport.verify.parity import match_names
 
@@ -148,7 +149,7 @@ def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol,
             return Verdict(bool(task.within_budget), summary, parity, task)
         summary = f"converted model does not match the source: {parity.summary()}"
         if not parity.ok and fmt == "onnx" and parity.failure_file:
-            summary += f"; {_localized(source.path, result.path, parity.failure_file, r, a)}"
+            summary += f"; {localize_failure(source.path, result.path, parity.failure_file, rtol=r, atol=a)}"
         if parity.failure_file:
             command = reproduce(parity.failure_file) if reproduce else None
             parity = dataclasses.replace(parity, reproduce=command)
@@ -157,20 +158,6 @@ def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol,
         return Verdict(parity.ok, summary, parity, task)
 
     return verify
-
-
-def _localized(a: str, b: str, failure_file: str, rtol, atol) -> str:
-    """Where an ONNX source and its conversion first diverge, on the kept failing inputs (one phrase)."""
-    from modelport.errors import ModelportError
-    from modelport.inputs import load_npz
-    from modelport.verify import FAILURE_KEYS
-    from modelport.verify.localize import localize
-
-    feeds = {k: v for k, v in load_npz(failure_file).items() if not k.startswith(FAILURE_KEYS)}
-    try:
-        return localize(a, b, feeds, rtol=rtol, atol=atol).summary()
-    except ModelportError as exc:  # an unsupported pair: the parity failure stands on its own
-        return f"not localized ({exc})"
 
 
 def convert(

@@ -82,7 +82,7 @@ from modelport.errors import BadInputError, UnsupportedError
 from modelport.quiet import native_output, quiet
 from modelport.verify.parity import compare_output, match_names
 
-__all__ = ["ComparedTensor", "Localization", "localize", "SUPPORTED_B_FORMATS"]
+__all__ = ["localize_failure", "ComparedTensor", "Localization", "localize", "SUPPORTED_B_FORMATS"]
 
 SUPPORTED_B_FORMATS = ("onnx", "torch", "tflite", "openvino")
 _PROTO_LIMIT = 2**31 - 1 - 2**24  # serialized protobufs stop at 2 GiB: larger copies go through a file
@@ -898,3 +898,18 @@ def localize(
             note = f"{skipped} of {exposed} intermediate values of A have no counterpart in B (fused or folded) and were not compared"
     first = next((e for e in entries if not e.ok), None)
     return Localization(a, b, b_fmt, side.method, entries, first, _growth(graph, entries, first), note)
+
+
+def localize_failure(a: str | Path, b: str | Path, failure_file: str | Path, *, rtol: float | None = None,
+                     atol: float | None = None) -> str:
+    """Where ONNX model ``a`` and ``b`` first diverge on a kept failure file's inputs, as one phrase
+    for an error message ("first divergence at node ..."), or why it could not be localized."""
+    from modelport.errors import ModelportError
+    from modelport.inputs import load_npz
+    from modelport.verify import FAILURE_KEYS
+
+    feeds = {k: v for k, v in load_npz(failure_file).items() if not k.startswith(FAILURE_KEYS)}
+    try:
+        return localize(a, b, feeds, rtol=rtol, atol=atol).summary()
+    except ModelportError as exc:  # an unsupported pair: the parity failure stands on its own
+        return f"not localized ({exc})"
