@@ -47,7 +47,7 @@ test: install
 # Regenerates locks/ from pyproject.toml and constraints.txt with the newest versions they allow.
 lock:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	test -x $(UV) || $(BIN)/python -m pip install -q uv
+	test -x $(UV) || $(BIN)/python -m pip install -q --require-hashes --no-deps -r locks/uv.txt
 	$(PY) scripts/lock.py compile --uv $(UV) $(UV_FLAGS)
 
 bench: install
