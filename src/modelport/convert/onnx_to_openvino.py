@@ -1,7 +1,8 @@
 """ONNX -> OpenVINO IR with openvino's own ONNX frontend (``ov.convert_model``).
 
-The IR is written as ``OUT/model.xml`` + ``OUT/model.bin`` with float32 weights
-(``save_model`` would compress them to float16 by default).
+The IR is written with float32 weights (``save_model`` would compress them to float16 by
+default): as ``OUT`` + ``OUT``'s ``.bin`` beside it when ``OUT`` is an ``.xml`` path, else as
+the directory ``OUT`` holding ``model.xml`` + ``model.bin``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def onnx_to_openvino(src: str, out: str, options: ConvertOptions) -> ConverterRe
         model = ov.convert_model(src)
     except Exception as exc:
         raise ExportError(f"openvino cannot convert the model: {_reason(exc)}", path=src) from None
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(folder / MODEL_FILE), compress_to_fp16=False)
+    xml = Path(out) if Path(out).suffix.lower() == ".xml" else Path(out) / MODEL_FILE
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    saved = xml.with_suffix(".xml")  # save_model wants the suffix in lower case; it writes the .bin beside
+    ov.save_model(model, str(saved), compress_to_fp16=False)
+    if saved != xml:
+        saved.replace(xml)
     return ConverterResult(tool="openvino.convert_model", versions=(("openvino", ov.get_version()),),
                            detail="float32 weights")

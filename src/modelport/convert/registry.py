@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from modelport.artifact import TensorSpec
 from modelport.errors import UnsupportedError
 
-__all__ = ["ConvertOptions", "ConverterResult", "Edge", "register", "edges", "plan", "output_kind"]
+__all__ = ["ConvertOptions", "ConverterResult", "Edge", "register", "edges", "plan", "output_kind", "companions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +71,28 @@ _OUTPUT_KIND: dict[str, str] = {
 }
 
 
-def output_kind(fmt: str) -> str:
-    return _OUTPUT_KIND.get(fmt, "")
+# Directory formats that can also be written as files: a destination with this suffix (that is not
+# an existing directory) gets the main file, and the files with the companion suffixes beside it.
+_FILE_FORM: dict[str, tuple[str, tuple[str, ...]]] = {
+    "openvino": (".xml", (".bin",)),  # the IR pair model.xml + model.bin, as openvino.save_model writes
+}
+
+
+def output_kind(fmt: str, dest: str | Path | None = None) -> str:
+    """``/`` for a directory, else the file suffix; with ``dest``, the kind that destination asks for."""
+    kind = _OUTPUT_KIND.get(fmt, "")
+    form = _FILE_FORM.get(fmt)
+    if dest is not None and form is not None:
+        p = Path(dest)
+        if p.suffix.lower() == form[0] and not p.is_dir():
+            return form[0]
+    return kind
+
+
+def companions(fmt: str, kind: str) -> tuple[str, ...]:
+    """Suffixes of the files written beside an output of this kind (``.bin`` beside an IR's ``.xml``)."""
+    form = _FILE_FORM.get(fmt)
+    return form[1] if form is not None and form[0] == kind else ()
 
 
 def register(src: str, dst: str, name: str) -> Callable[[ConverterFn], ConverterFn]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from modelport.artifact import Artifact, StepRecord, TensorSpec
-from modelport.convert.registry import ConvertOptions, output_kind, plan
+from modelport.convert.registry import ConvertOptions, companions, output_kind, plan
 from modelport.errors import BadInputError
 from modelport.formats import LoadOptions, detect, open_runner
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
@@ -104,12 +104,13 @@ class ConvertStep:
     options: ConvertOptions
     index: int
     name: str = "convert"
+    kind: str | None = None  # the output kind the destination asks for (last step), else the format's default
 
     def describe(self) -> str:
         return f"{self.edge.src} -> {self.edge.dst} ({self.edge.name})"
 
     def run(self, artifact: Artifact, staging: Staging) -> StepResult:
-        kind = output_kind(self.edge.dst)
+        kind = self.kind or output_kind(self.edge.dst)
         out = staging.scratch(f"step{self.index}") / ("model" + ("" if kind == "/" else kind))
         res = self.edge.fn(artifact.path, str(out), self.options)
         detail = res.detail
@@ -202,10 +203,16 @@ def convert(
     fmt = detect(src, src_format)
     route = plan(fmt, to)
     out_path = Path(out or default_output(src, to))
-    if out_path.exists() and out_path.is_dir() != (output_kind(to) == "/"):
+    kind = output_kind(to, out_path)  # an OpenVINO IR: a directory, or model.xml with model.bin beside it
+    beside = [(suffix, out_path.with_suffix(suffix)) for suffix in companions(to, kind)]
+    if out_path.exists() and out_path.is_dir() != (kind == "/"):
         raise BadInputError(f"output exists and is a {'directory' if out_path.is_dir() else 'file'}", path=out_path)
+    for _, dest in beside:
+        if dest.is_dir():
+            raise BadInputError("output exists and is a directory", path=dest)
     later = dataclasses.replace(options, weights=None, inputs=())  # only the first edge reads the user's weights
-    steps = [ConvertStep(edge, options if i == 0 else later, i) for i, edge in enumerate(route)]
+    steps = [ConvertStep(edge, options if i == 0 else later, i, kind=kind if i == len(route) - 1 else None)
+             for i, edge in enumerate(route)]
     def reproduce(failure: str) -> str:
         words = ["modelport", "convert", src, "--to", to, "-o", str(out_path), "--inputs", failure]
         if options.weights:
@@ -225,6 +232,8 @@ def convert(
         with open_runner(result.artifact.path, to) as rb:
             sig = rb.signature
         staging.place(result.artifact.path, out_path)
+        for suffix, dest in beside:  # placed with the main file, all or none
+            staging.place(Path(result.artifact.path).with_suffix(suffix), dest)
     verdict = result.verdict
     parity = dataclasses.replace(verdict.parity, b=str(out_path)) if verdict else None  # not the temporary file
     artifact = dataclasses.replace(result.artifact, path=str(out_path), signature=sig)

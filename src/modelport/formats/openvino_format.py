@@ -1,8 +1,9 @@
 """OpenVINO IR (a ``.xml`` graph with its ``.bin`` weights beside it), run with openvino on CPU.
 
-A directory holding ``model.xml`` and ``model.bin`` (what ``convert --to openvino`` writes)
-is an IR too. The CPU plugin's default inference precision on CPUs with bf16 support is
-bf16; the runner asks for f32 so that verification compares like with like.
+A directory holding ``model.xml`` and ``model.bin`` (what ``convert --to openvino`` writes
+unless ``-o`` names an ``.xml``) is an IR too. The CPU plugin's default inference precision
+on CPUs with bf16 support is bf16; the runner asks for f32 so that verification compares
+like with like.
 """
 
 from __future__ import annotations
