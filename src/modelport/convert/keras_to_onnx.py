@@ -54,6 +54,22 @@ def _tf_specs(specs: tuple[TensorSpec, ...], dynamic_batch: bool):
     return out
 
 
+def _from_function(tf, tf2onnx, fn, input_signature, opset: int):
+    """tf2onnx's from_function, but the tensors the function captures (a Normalization layer's adapted
+    mean and variance, any eager constant) stay constants: from_function lists every non-resource
+    input of the concrete function, captures included, as a graph input and drops its value."""
+    cf = fn.get_concrete_function(*input_signature)
+    own = cf.inputs[:len(cf.inputs) - len(cf.captured_inputs)]
+    inputs = [t.name for t in own if t.dtype != tf.dtypes.resource]
+    outputs = [t.name for t in cf.outputs if t.dtype != tf.dtypes.resource]
+    renames = tf2onnx.convert.tensor_names_from_structed(cf, inputs, outputs)
+    with tf.device("/cpu:0"):
+        frozen = tf2onnx.tf_loader.from_function(cf, inputs, outputs)
+        model_proto, _ = tf2onnx.convert.from_graph_def(frozen, name=cf.name, input_names=inputs, output_names=outputs,
+                                                        opset=opset, tensors_to_rename=renames)
+    return model_proto
+
+
 def _convert_function(fn, input_signature, sig: Signature, out: str, opset: int, src: str) -> ConverterResult:
     import tensorflow as tf
     import tf2onnx
@@ -61,9 +77,7 @@ def _convert_function(fn, input_signature, sig: Signature, out: str, opset: int,
     sink = io.StringIO()
     try:
         with _quiet_loggers(), redirect_stdout(sink), redirect_stderr(sink):
-            model_proto, _ = tf2onnx.convert.from_function(
-                fn, input_signature=input_signature, opset=opset, output_path=None
-            )
+            model_proto = _from_function(tf, tf2onnx, fn, input_signature, opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx failed: {_reason(exc)}"[:300], path=src) from None
     unconverted = _unconverted_ops(model_proto)
