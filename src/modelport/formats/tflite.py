@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.artifact import Signature, TensorSpec
-from modelport.errors import BadInputError
+from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats.base import BaseRunner, LoadOptions, fill_signature, read_head, require
 from modelport.quiet import native_output
 
@@ -65,8 +65,9 @@ class TFLiteRunner(BaseRunner):
     def __init__(self, path: str, options: LoadOptions) -> None:
         super().__init__(path)
         litert = require("ai_edge_litert.interpreter", "tf", "TFLite models")
+        self._new_interp = lambda: litert.Interpreter(model_path=path, num_threads=options.threads or None)
         try:
-            self.interp = litert.Interpreter(model_path=path, num_threads=options.threads or None)
+            self.interp = self._new_interp()
             named_in, named_out = io_details(self.interp)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -89,15 +90,37 @@ class TFLiteRunner(BaseRunner):
     def signature(self) -> Signature:
         return self._signature
 
+    def _resize(self, interp, shapes: list[tuple[int, ...]]) -> None:
+        for d, shape in zip(self._in, shapes):
+            interp.resize_tensor_input(d["index"], shape, strict=False)
+        with native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp.allocate_tensors()
+
+    def _allocate(self, shapes: list[tuple[int, ...]]) -> None:
+        """Resize the inputs to `shapes` and allocate. An interpreter already planned for other
+        shapes can refuse the new ones (XNNPack: "failed to reshape runtime"): then a fresh
+        interpreter on the same model is planned for them; if that fails too, the model does
+        not run at these shapes."""
+        try:
+            self._resize(self.interp, shapes)
+        except (RuntimeError, ValueError):
+            self._allocated_shapes = None  # the old interpreter's plan is gone either way
+            try:
+                fresh = self._new_interp()
+                self._resize(fresh, shapes)
+            except (RuntimeError, ValueError) as exc:
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                names = ", ".join(f"{s.name}={tuple(shape)}" for s, shape in zip(self._signature.inputs, shapes))
+                raise UnsupportedError(f"TFLite model cannot run at input shapes {names} (LiteRT: {text})",
+                                       path=self.path) from None
+            self.interp = fresh
+        self._allocated_shapes = shapes
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = [np.asarray(feeds[s.name]) for s in self._signature.inputs]
         shapes = [a.shape for a in arrays]
         if shapes != self._allocated_shapes:
-            for d, a in zip(self._in, arrays):
-                self.interp.resize_tensor_input(d["index"], a.shape, strict=False)
-            with native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-                self.interp.allocate_tensors()
-            self._allocated_shapes = shapes
+            self._allocate(shapes)
         for d, a in zip(self._in, arrays):
             self.interp.set_tensor(d["index"], a.astype(d["dtype"], copy=False))
         self.interp.invoke()
