@@ -11,6 +11,10 @@ Where ``onnx.version_converter`` fails today, and what we do first:
 - ``Softmax``/``LogSoftmax``/``Hardmax``-13 down to 12: the converter relabels them, which changes the
   result unless the axis is the last; ours moves the axis last with a Transpose pair;
 - ``Split``-18 down to 17 (no adapter): ``num_outputs`` becomes equal parts or explicit sizes;
+- ``Pad``-18 down to 17 (no adapter): constant ``axes`` are folded into ``pads`` over every axis of the
+  input (rank from shape inference) and dropped; without ``axes`` the node is unchanged;
+- ``Pad``-19 down to 18: the converter passes ``mode="wrap"`` on, which opset 18 lacks; ours refuses it;
+- ``Pad``-11 down to 10 (no adapter): constant ``pads`` / ``constant_value`` inputs become attributes;
 - ``Reshape``-14 down to 13 (no adapter at all): the node is held out of the conversion in a
   private domain and put back without ``allowzero``, which is exact when ``allowzero`` is 0 or
   the target shape is a constant without zeros; otherwise no automatic fix.
@@ -26,7 +30,7 @@ import onnx.defs
 import onnx_ir as ir
 from onnx import numpy_helper
 
-from modelport.errors import BadInputError, UnsupportedError
+from modelport.errors import BadInputError, ModelportError, UnsupportedError
 from modelport.formats.onnx_format import iter_nodes
 
 __all__ = ["MIN_OPSET", "max_opset", "model_opset", "convert_opset", "OpsetResult", "missing_at"]
@@ -255,11 +259,83 @@ def _rank(model: onnx.ModelProto, name: str) -> int | None:
     return None if dims is None else len(dims)
 
 
+def _pad_18_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    """Pad-18 (optional ``axes``) -> Pad-13: constant ``pads`` over ``axes`` become ``pads`` over every axis
+    (zeros elsewhere), which is exact; ``axes`` is dropped. Without ``axes`` the node is already Pad-13."""
+    if len(node.input) < 4 or not node.input[3]:
+        del node.input[3:]
+        return
+
+    def refuse(why: str):
+        return UnsupportedError(f"Pad node {node.name or node.output[0]!r}: {why}, so its axes cannot be folded into pads "
+                                f"for opset 17 (Pad-18 -> 17); no automatic fix")
+
+    axes, pads = consts.get(node.input[3]), consts.get(node.input[1]) if node.input[1] else None
+    if axes is None:
+        raise refuse("axes is not a constant")
+    if pads is None:
+        raise refuse("pads is not a constant")
+    rank = _rank(model, node.input[0])
+    if rank is None:
+        raise refuse("the rank of its input is unknown")
+    axes, pads = [int(a) for a in axes.reshape(-1)], [int(p) for p in pads.reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        raise refuse(f"pads has {len(pads)} values for {len(axes)} axes")
+    if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
+        raise refuse(f"axes {axes} are out of range or repeated for a rank-{rank} input")
+    full = [0] * (2 * rank)
+    for k, a in enumerate(axes):
+        full[a % rank], full[a % rank + rank] = pads[k], pads[k + len(axes)]
+    taken = {i.name for i in model.graph.initializer} | {o for n in iter_nodes(model.graph) for o in n.output}
+    base = f"{node.name or node.output[0]}.pads_all_axes"
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(full, dtype=np.int64), name))
+    consts[name] = np.array(full, dtype=np.int64)
+    node.input[1] = name
+    del node.input[3:]
+    while node.input and not node.input[-1]:
+        del node.input[-1]
+
+
+def _pad_19_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    """Pad-19 added ``mode="wrap"``; any other mode is the same op at 18 (onnx's converter would pass wrap on)."""
+    mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+    if mode == b"wrap":
+        raise UnsupportedError(f"Pad node {node.name or node.output[0]!r} uses mode 'wrap', which Pad has only from "
+                               f"opset 19 (Pad-19 -> 18); no automatic fix")
+
+
+def _pad_11_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
+    """Pad-11 (``pads``, ``constant_value`` inputs) -> Pad-2 (attributes): exact when both are constants."""
+    def refuse(why: str):
+        return UnsupportedError(f"Pad node {node.name or node.output[0]!r}: {why}, which Pad below opset 11 takes only as an "
+                                f"attribute (Pad-11 -> 10); no automatic fix")
+
+    pads = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if pads is None:
+        raise refuse("pads is not a constant")
+    value = 0.0
+    if len(node.input) > 2 and node.input[2]:
+        cv = consts.get(node.input[2])
+        if cv is None or cv.size != 1:
+            raise refuse("constant_value is not a constant scalar")
+        value = float(cv.reshape(-1)[0])
+    del node.input[1:]
+    node.attribute.append(onnx.helper.make_attribute("pads", [int(p) for p in pads.reshape(-1)]))
+    if value != 0.0:
+        node.attribute.append(onnx.helper.make_attribute("value", value))
+
+
 # Our adapters for down-conversions the converter lacks: (op, version) -> rewrite into the version-1 form.
-_DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down, ("Softmax", 13): _softmax_13_down,
+_DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down, ("Pad", 18): _pad_18_down,
+                  ("Pad", 19): _pad_19_down, ("Pad", 11): _pad_11_down,
+                  ("Softmax", 13): _softmax_13_down,
                   ("LogSoftmax", 13): _softmax_13_down, ("Hardmax", 13): _softmax_13_down}
 # Where onnx's converter "succeeds" but changes the result: ours run first.
-_PREEMPT = {("Softmax", 13), ("LogSoftmax", 13), ("Hardmax", 13)}
+_PREEMPT = {("Softmax", 13), ("LogSoftmax", 13), ("Hardmax", 13), ("Pad", 19)}
 
 
 def _hold_op(model: onnx.ModelProto, op: str, version: int, down: bool, dropped: list[str]) -> int:
@@ -272,7 +348,13 @@ def _hold_op(model: onnx.ModelProto, op: str, version: int, down: bool, dropped:
             continue
         adapter = _DOWN_ADAPTERS.get((op, version)) if down else None
         if adapter is not None:
-            adapter(node, model, consts, dropped)
+            try:
+                adapter(node, model, consts, dropped)
+            except ModelportError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (a bug or an odd node: a clean error naming it, never a traceback)
+                raise UnsupportedError(f"cannot take {op} node {node.name or '?'!r} from opset {version} to {version - 1}: "
+                                       f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}; no automatic fix") from None
         elif not _changed_type_only(op, version) and not (down and _drop_new_default_attrs(node, version)):
             return 0
         node.domain = HOLD_DOMAIN
@@ -343,16 +425,24 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
     work = onnx.ModelProto()
     work.CopyFrom(model)
     applied: list[str] = []
-    if target < src:
-        work, applied = _decompose_missing(work, target)
-        _lift_constants(work)
-    _strip_default_noop(work)
     dropped: list[str] = []
     held = 0
     step = -1 if target < src else 1
-    for v in range(src, target, step):
-        work, n = _step(work, v, v + step, dropped)
-        held += n
+    where = f"preparing the conversion from opset {src} to {target}"
+    try:
+        if target < src:
+            work, applied = _decompose_missing(work, target)
+            _lift_constants(work)
+        _strip_default_noop(work)
+        for v in range(src, target, step):
+            where = f"converting from opset {v} to {v + step} (on the way from {src} to {target})"
+            work, n = _step(work, v, v + step, dropped)
+            held += n
+    except ModelportError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (never an internal error: a one-line error naming the step)
+        raise UnsupportedError(f"opset conversion failed while {where}: {type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]}; no automatic fix") from None
     out = work
     if held:
         notes.append(f"{held} node version change(s) onnx's converter has no adapter for kept as they are (exact: types only, or defaults)")
