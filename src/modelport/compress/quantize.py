@@ -27,6 +27,9 @@ __all__ = [
     "preprocess",
     "name_nodes",
     "quantizable_nodes",
+    "quantized_ops",
+    "check_quantizable",
+    "check_quantized",
     "quantize_dynamic",
     "quantize_static",
     "quantize_int4",
@@ -149,6 +152,66 @@ def quantizable_nodes(model, mode: str) -> list[str]:
         if node.op_type in ops and any(i in consts for i in node.input[:2]):
             out.append(node.name)
     return out
+
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+# Ops that only a quantized model holds (ONNX and onnxruntime's com.microsoft contrib ops).
+_QUANTIZED_OPS = {"MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "MatMulNBits", "MatMulBnb4", "QGemm",
+                  "QAttention", "QEmbedLayerNormalization"}
+
+
+def _is_quantized_op(op_type: str) -> bool:
+    return (op_type in _QUANTIZED_OPS or op_type.startswith(("QLinear", "QOrdered"))
+            or "quantize" in op_type.lower())  # (Dynamic)QuantizeLinear, DequantizeLinear, DynamicQuantizeMatMul, ...
+
+
+def quantized_ops(model) -> dict[str, int]:
+    """Quantized ops already in a model (QLinearConv, MatMulInteger, QuantizeLinear, ...) -> count."""
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if _is_quantized_op(node.op_type):
+            out[node.op_type] = out.get(node.op_type, 0) + 1
+    return out
+
+
+def _float_constants(model) -> set[str]:
+    names = {t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and value.data_type in _FLOAT_TYPES:
+                names.update(node.output)
+    return names
+
+
+def _nothing_reason(model, mode: str) -> str:
+    found = quantized_ops(model)
+    if found:
+        listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
+        return (f"already quantized ({sum(found.values())} quantized nodes: {listed}); "
+                f"--quantize {mode} has nothing left to quantize; nothing written")
+    hint = " (Conv/Gemm models: use static or dynamic)" if mode == "int4" else ""
+    return (f"no weights that {mode} quantizes (it quantizes {'/'.join(WEIGHT_OPS[mode])} with constant "
+            f"weights){hint}; nothing written")
+
+
+def check_quantizable(model, mode: str, original=None) -> None:
+    """Raise UnsupportedError when no node holds a float constant weight that ``mode`` quantizes.
+
+    ``original``: the user's model, described in the message (``model`` may be its pre-processed form).
+    """
+    floats = _float_constants(model)
+    ops = WEIGHT_OPS[mode]
+    if not any(n.op_type in ops and any(i in floats for i in n.input[:2]) for n in model.graph.node):
+        raise UnsupportedError(_nothing_reason(model if original is None else original, mode))
+
+
+def check_quantized(before, after, mode: str, original=None) -> int:
+    """How many quantized nodes quantizing added; UnsupportedError when none (nothing was quantized)."""
+    added = sum(quantized_ops(after).values()) - sum(quantized_ops(before).values())
+    if added <= 0:
+        raise UnsupportedError(_nothing_reason(before if original is None else original, mode))
+    return added
 
 
 def batches(feeds: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:

@@ -23,7 +23,7 @@ import numpy as np
 from modelport.artifact import Artifact, StepRecord
 from modelport.compress import accuracy, fp16, prune as prune_pass, quantize as quant
 from modelport.compress.report import CompressReport, measure_latency, model_stats
-from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
+from modelport.errors import BadInputError, CheckFailedError
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 
 __all__ = ["compress", "default_output"]
@@ -137,6 +137,7 @@ class _Work:
         self.layers: tuple[prune_pass.LayerSparsity, ...] = ()
         self.layers_of: dict[Path, tuple[prune_pass.LayerSparsity, ...]] = {}  # per trial written
         self.notes: list[str] = []
+        self.original = None  # the model given to the step, described when nothing gets quantized
 
     def apply(self, exclude: frozenset[str], fractions: dict[str, float] | None = None) -> Path:
         """Compress with ``exclude`` left alone and ``fractions`` (node -> prune fraction) overriding the plan's."""
@@ -158,12 +159,15 @@ class _Work:
             quant.quantize_static(src, dst, self.plan.calibration, method=self.plan.calibrate_method,
                                   per_channel=self.plan.per_channel, exclude=exclude)
         elif mode == "int4":
-            if quant.quantize_int4(src, dst, exclude=exclude) == 0 and not exclude:
-                raise UnsupportedError("int4 found no MatMul with a constant 2-D weight to quantize (Conv/Gemm models: use static or dynamic)")
+            quant.quantize_int4(src, dst, exclude=exclude)
         elif mode == "fp16":
             fp16.convert_fp16(src, dst, keep_io_float32=self.plan.keep_io_float32, exclude=exclude)
         else:
             shutil.copyfile(src, dst)
+        if mode in ("dynamic", "static", "int4") and not exclude:
+            # the first (full) trial: a model where nothing was quantized is an error, not "1.00x"
+            quant.check_quantized(onnx.load(str(src), load_external_data=False),
+                                  onnx.load(str(dst), load_external_data=False), mode, self.original)
         if src != self.base:
             src.unlink(missing_ok=True)
         self.layers_of[dst] = self.layers
@@ -431,6 +435,9 @@ class QuantizePruneStep:
         ctx, work = self.ctx, staging.scratch("compress")
         prepared, notes = _prepare(Path(artifact.path), ctx, work)
         runner = _Work(work / "base.onnx", ctx.plan, work)
+        if ctx.plan.quantize in ("dynamic", "static", "int4"):  # before onnxruntime's quantizer (it may crash on QDQ)
+            runner.original = ctx.source if Path(artifact.path) == ctx.src else _load_proto(Path(artifact.path))
+            quant.check_quantizable(prepared, ctx.plan.quantize, runner.original)
         result_path = runner.apply(frozenset())
         metric = accuracy.top1(result_path, ctx.data) if ctx.data is not None else None
         outcome = _Outcome(metric, layers=runner.layers, trials=1, notes=tuple(notes))
