@@ -6,6 +6,7 @@ from modelport.to_torch.ops import (  # noqa: F401
     elementwise,
     legacy,
     loss,
+    microsoft,
     nn,
     quant,
     reduce,
