@@ -1,12 +1,15 @@
 """If, Loop and Scan as Python control flow over converted subgraphs.
 
 Subgraph statements are inlined into ``forward`` at a deeper indent; outer-scope values
-are visible to them by name. A constant If condition selects its branch at codegen time.
+are visible to them by name. A constant If condition selects its branch at codegen time;
+any other becomes ``if bool(cond): ... else: ...``, each branch computing its values inside
+its own block and assigning the If's outputs, so branches may differ in shape (a model
+picking a sub-network from an input) and nested Ifs nest blocks.
 """
 
 from __future__ import annotations
 
-from modelport.to_torch.codegen import Line, Node, Value
+from modelport.to_torch.codegen import Graph, Line, Node, Value
 from modelport.to_torch.registry import register
 
 
@@ -14,30 +17,75 @@ def _outs(n: Node) -> list[str]:
     return [n.out(j) if n.has_out(j) else n.tmp("unused") for j in range(n.n_out)]
 
 
-def _bind_outs(n: Node, names: list[str]) -> None:
+def _bind_outs(n: Node, names: list[str], kinds: list[str] | None = None) -> None:
     for j, name in enumerate(names):
-        n.set(j, Value(name, "tensor"))
+        n.set(j, Value(name, kinds[j] if kinds else "tensor"))
+
+
+def _branch(n: Node, attr: str) -> tuple[list[Line], list[str], list[str]]:
+    """Converts branch ``attr`` of an If: its lines, its outputs' sources and their kinds.
+
+    The branch is a child scope of the If's graph, so a name it reads from outside (an
+    input, an initializer, a value computed before the If, an enclosing branch's value)
+    resolves to the outer Python variable or ``self.<attr>`` through ``Graph.lookup``.
+    """
+    sub = Graph(n.ms, n.attr(attr), n.g)
+    sub.convert_nodes()
+    outs, kinds = [], []
+    for o in sub.graph.output:
+        kind = sub.lookup(o.name).kind
+        outs.append(sub.materialize(o.name))
+        kinds.append("seq" if kind == "seq" else "tensor")
+    return sub.lines, outs, kinds
+
+
+def _assign(n: Node, names: list[str], outs: list[str], indent: int) -> None:
+    """``y = then_out`` (or ``y0, y1 = a, b``): the If's outputs, set by the branch taken."""
+    if not names:
+        return
+    n.emit(f"{', '.join(names)} = {', '.join(outs)}", indent, tuple(o for o in n.node.output if o))
+
+
+def _condition(n: Node) -> str:
+    v = n.val(0)
+    if v.kind == "scalar":  # a Python number or bool already (shape arithmetic)
+        return f"bool({v.expr})"
+    if v.kind == "shape":
+        return f"bool({v.expr}[0])"
+    return f"bool({n.x(0)})"
 
 
 @register("If", since=1)
 def if_1(n: Node) -> None:
+    """A constant condition selects its branch at codegen time; otherwise ``if bool(cond):``
+    with each branch's statements inside its block, so branches may differ in shape, and
+    only the branch taken runs (as in onnxruntime)."""
     c = n.const(0)
     names = _outs(n)
     if c is not None:
-        lines, outs = n.subgraph("then_branch" if bool(c.reshape(-1)[0]) else "else_branch")
+        lines, outs, kinds = _branch(n, "then_branch" if bool(c.reshape(-1)[0]) else "else_branch")
         n.emit_block(lines, 0)
-        n.emit(f"{', '.join(names)}, = {', '.join(outs)},", defines=tuple(n.node.output))
-        _bind_outs(n, names)
+        _assign(n, names, outs, 0)
+        _bind_outs(n, names, kinds)
         return
-    then_lines, then_outs = n.subgraph("then_branch")
-    else_lines, else_outs = n.subgraph("else_branch")
-    n.emit(f"if bool({n.x(0)}):")
+    cond = _condition(n)
+    then_lines, then_outs, then_kinds = _branch(n, "then_branch")
+    else_lines, else_outs, else_kinds = _branch(n, "else_branch")
+    if len(then_outs) != len(names) or len(else_outs) != len(names):
+        raise n.fail(f"If has {len(names)} output(s) but its branches return "
+                     f"{len(then_outs)} and {len(else_outs)}")
+    n.emit(f"if {cond}:")
     n.emit_block(then_lines, 1)
-    n.emit(f"{', '.join(names)}, = {', '.join(then_outs)},", 1, tuple(n.node.output))
+    _assign(n, names, then_outs, 1)
+    if not names and all(ln.text.startswith("#") for ln in then_lines):
+        n.emit("pass", 1)  # a block of comments alone is no block
     n.emit("else:")
     n.emit_block(else_lines, 1)
-    n.emit(f"{', '.join(names)}, = {', '.join(else_outs)},", 1, tuple(n.node.output))
-    _bind_outs(n, names)
+    _assign(n, names, else_outs, 1)
+    if not names and all(ln.text.startswith("#") for ln in else_lines):
+        n.emit("pass", 1)  # a block of comments alone is no block
+    kinds = [k if k == e else "tensor" for k, e in zip(then_kinds, else_kinds)]
+    _bind_outs(n, names, kinds)
 
 
 @register("Loop", since=1)
