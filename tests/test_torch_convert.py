@@ -212,16 +212,55 @@ def test_cli_convert_static_batch_no_verify(cli, cnn, tmp_path):
     assert _onnx_input_dims(out) == [[1, 3, 32, 32]]
 
 
-
-def test_model_that_fixes_the_batch_is_refused_then_exports_static(cli, tmp_path):
+def test_model_that_fixes_the_batch_exports_with_the_batch_frozen(cli, tmp_path):
     model = zoo.write_fixed_batch_model(tmp_path / "m")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "m.onnx", "--input", model.inputs[0])
-    assert res.exit_code == 3, res.stderr
-    assert "fixes a dim" in res.stderr and "shape[0]" in res.stderr and "--static-batch" in res.stderr
-    assert list(out_dir.iterdir()) == []
-    res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "m.onnx", "--input", model.inputs[0], "--static-batch", "--json")
+    res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "m.onnx", "--input", model.inputs[0], "--json")
     assert res.exit_code == 0, res.stderr
-    assert json.loads(res.stdout)["parity"]["ok"] is True
+    doc = json.loads(res.stdout)
+    assert doc["parity"]["ok"] is True and len(doc["parity"]["runs"]) == 1
+    (warning,) = doc["warnings"]
+    assert "dynamic dims frozen (batch=2)" in warning and "fixes" in warning and "shape[0]" in warning
+    assert doc["artifact"]["lineage"][0]["tool"] == "torch.onnx (dynamo exporter)"
     assert _onnx_input_dims(out_dir / "m.onnx") == [[2, 8]]
+    res = cli("convert", model.spec, "--to", "onnx", "-o", out_dir / "m2.onnx", "--input", model.inputs[0], "--static-batch", "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["parity"]["ok"] is True and not doc["warnings"]
+    assert _onnx_input_dims(out_dir / "m2.onnx") == [[2, 8]]
+
+
+SHAPE_KEYED_SOURCE = '''
+import torch
+from torch import nn
+
+
+class ShapeKeyedCache(nn.Module):
+    """Caches a mask per input shape: a dict keyed by sizes, which symbolic sizes cannot be."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+        self._masks = {}
+
+    def forward(self, x):
+        key = tuple(x.shape)
+        if key not in self._masks:
+            self._masks[key] = torch.ones(x.shape[0], 3)
+        return self.linear(x) * self._masks[key]
+'''
+
+
+def test_model_failing_under_dynamic_shapes_is_exported_static_by_dynamo(tmp_path):
+    model = zoo._write_source(tmp_path / "m", "shape_keyed.py", SHAPE_KEYED_SOURCE, "ShapeKeyedCache", ("x:2x8:float32",))
+    out = tmp_path / "keyed.onnx"
+    report = _convert(model, out)
+    assert report.parity.ok and len(report.parity.runs) == 1
+    lineage = report.artifact.lineage[0]
+    assert lineage.tool == "torch.onnx (dynamo exporter)"  # not the TorchScript fallback
+    assert "dynamo exporter failed" in lineage.detail and "SymInt" in lineage.detail
+    assert "every dim static" not in lineage.detail  # the static retry did not fail
+    (warning,) = report.warnings
+    assert "dynamic dims frozen (batch=2)" in warning and "SymInt" in warning and "fallback" not in warning
+    assert _onnx_input_dims(out) == [[2, 8]]

@@ -1,8 +1,10 @@
 """PyTorch (module file, .pt2, TorchScript) -> ONNX with torch.onnx.
 
 Strategies, tried in order, each attempt reported: torch.onnx's dynamo exporter (dynamic
-batch by default), then the TorchScript exporter as a fallback. The fallback can freeze
-shape-dependent logic, which is why every conversion is verified at two input shapes.
+batch by default), the dynamo exporter again with every dim static (frozen at the example
+inputs' sizes, reported as a warning) when the dynamic export fails, then the TorchScript
+exporter as a fallback. The fallback can freeze shape-dependent logic, which is why every
+conversion with dynamic dims is verified at two input shapes.
 """
 
 from __future__ import annotations
@@ -64,6 +66,38 @@ def _specialization(exc: BaseException) -> str | None:
 
 
 _STATIC_HINT = "export with --static-batch, or give fixed sizes in --input"
+
+
+def _fixes_what(fixes: str) -> str:
+    """'the model fixes x.shape[0] (...)' from torch.export's specialization message."""
+    dims = re.findall(r"\w+\[['\"](\w+)['\"]\]\.(?:shape|size\(\))\[(\d+)\]", fixes)
+    named = ", ".join(dict.fromkeys(f"{n}.shape[{i}]" for n, i in dims)) or "a dim that the inputs mark dynamic"
+    return f"the model fixes {named} ({fixes})"
+
+
+_DYNAMO_STATIC = "dynamo-static"
+
+
+def _label(strategy: str) -> str:
+    return "dynamo exporter (every dim static)" if strategy == _DYNAMO_STATIC else f"{strategy} exporter"
+
+
+def _frozen_specs(specs: tuple[TensorSpec, ...], args: tuple[Any, ...]) -> tuple[TensorSpec, ...]:
+    """The specs with every dynamic dim fixed at the example inputs' size."""
+    return tuple(
+        TensorSpec(s.name, s.dtype, tuple(int(n) for n in a.shape)) if s.shape and any(isinstance(d, str) for d in s.shape) else s
+        for s, a in zip(specs, args)
+    )
+
+
+def _frozen_dims(specs: tuple[TensorSpec, ...], args: tuple[Any, ...]) -> str:
+    """'batch=2, sequence=8': each dynamic dim and the size it was frozen at."""
+    seen: dict[str, int] = {}
+    for s, a in zip(specs, args):
+        for i, d in enumerate(s.shape or ()):
+            if isinstance(d, str):
+                seen.setdefault(d, int(a.shape[i]))
+    return ", ".join(f"{k}={v}" for k, v in seen.items())
 
 
 def _check_inputs_kept(out_path: str, specs: tuple[TensorSpec, ...]) -> None:
@@ -166,43 +200,54 @@ def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, optio
         raise BadInputError(
             f"the model fails on example inputs {[str(s) for s in specs]}: {_short(exc)}{hint}", path=src
         ) from None
+    frozen = _frozen_specs(specs, args)
     if isinstance(model, torch.jit.ScriptModule):
-        strategies = [("torchscript", _export_torchscript)]  # torch.export cannot capture a ScriptModule
+        strategies = [("torchscript", _export_torchscript, specs)]  # torch.export cannot capture a ScriptModule
     else:
-        strategies = [("dynamo", _export_dynamo)]
+        strategies = [("dynamo", _export_dynamo, specs)]
         if not isinstance(model, torch.export.ExportedProgram):
-            strategies.append(("torchscript", _export_torchscript))
+            if frozen != specs:  # retried with every dim static before the fallback
+                strategies.append((_DYNAMO_STATIC, _export_dynamo, frozen))
+            strategies.append(("torchscript", _export_torchscript, specs))
     attempts: list[Attempt] = []
-    for name, fn in strategies:
+    fixes = ""  # torch.export's word that the model fixes a dim the specs mark dynamic
+    for name, fn, use in strategies:
+        if name == "torchscript" and fixes:
+            use = frozen  # a graph whose "dynamic" dims are frozen inside must not claim them dynamic
         try:
             with quiet():
-                fn(model, args, specs, out_path, opset, out_names)
-            _check_inputs_kept(out_path, specs)
+                fn(model, args, use, out_path, opset, out_names)
+            _check_inputs_kept(out_path, use)
         except Exception as exc:
             attempts.append(Attempt(name, False, _short(exc)))
-            fixed = _specialization(exc) if name == "dynamo" else None
-            if fixed:  # a fallback would export a graph whose "dynamic" dims are frozen
-                raise ExportError(
-                    f"export failed: the model fixes a dim that the inputs mark dynamic ({fixed}); {_STATIC_HINT}",
-                    path=src,
-                ) from None
+            if name == "dynamo":
+                fixes = _specialization(exc) or ""
             continue
         attempts.append(Attempt(name, True))
-        detail = "; ".join(f"{a.strategy} exporter failed ({a.error})" for a in attempts if not a.ok)
-        warns = ()
+        detail = "; ".join(f"{_label(a.strategy)} failed ({a.error})" for a in attempts if not a.ok)
+        warns: list[str] = []
+        if use is frozen and frozen != specs:
+            why = _fixes_what(fixes) if fixes else f"the dynamo export with dynamic dims failed: {attempts[0].error}"
+            warns.append(f"dynamic dims frozen ({_frozen_dims(specs, args)}): {why}; the ONNX model has static "
+                         "shapes and was verified at these sizes only")
         if name == "torchscript" and len(attempts) > 1:
-            warns = (
+            warns.append(
                 "the dynamo exporter failed, so the TorchScript exporter (fallback) was used: it may freeze "
-                f"shape-dependent logic; verified at two shapes (dynamo: {attempts[0].error})",
+                f"shape-dependent logic; verified at two shapes (dynamo: {attempts[0].error})"
+                if use is specs else
+                f"the dynamo exporter failed, so the TorchScript exporter (fallback) was used (dynamo: {attempts[0].error})"
             )
+        route = "dynamo" if name == _DYNAMO_STATIC else name
+        how = f", all dims static ({_frozen_dims(specs, args)})" if use is frozen and frozen != specs else ""
         return ConverterResult(
-            tool=f"torch.onnx ({name} exporter)",
+            tool=f"torch.onnx ({route} exporter)",
             versions=(("torch", torch.__version__),),
-            detail=(detail + "; " if detail else "") + f"{name} exporter, opset {opset}",
-            warnings=warns,
+            detail=(detail + "; " if detail else "") + f"{route} exporter{how}, opset {opset}",
+            warnings=tuple(warns),
         )
+    hint = f"; {_STATIC_HINT}" if fixes else ""
     raise ExportError(
-        "export failed: " + "; ".join(f"{a.strategy} exporter failed: {a.error}" for a in attempts), path=src
+        "export failed: " + "; ".join(f"{_label(a.strategy)} failed: {a.error}" for a in attempts) + hint, path=src
     )
 
 
