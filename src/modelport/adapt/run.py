@@ -236,23 +236,15 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
 def _task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names, metric: str | None = None) -> dict[str, Any]:
     """The task metric (top-1, or ``metric`` = file.py:fn) of the original and the adapted model on labelled
     data (keys: the adapted model's inputs + labels)."""
-    from modelport.inputs import check_feeds, load_npz
-    from modelport.verify.metrics import load_metric
+    from modelport.inputs import check_feeds
+    from modelport.verify.metrics import load_eval, load_metric, score
 
-    data = load_npz(eval_data) if not isinstance(eval_data, dict) else dict(eval_data)
-    if "labels" not in data:
-        raise BadInputError("eval data needs a 'labels' array beside the inputs", path=str(eval_data))
-    labels = np.asarray(data.pop("labels"))
+    data, labels, source = load_eval(eval_data)
     name, fn = load_metric(metric)
-    feed = check_feeds(data, rb.signature.inputs, str(eval_data))
+    feed = check_feeds(data, rb.signature.inputs, source)
     ref = _run_reference(ra, _map_feed(feed, boundaries, orig_dtypes))
     got = {out_names.get(k, k): v for k, v in rb.run(feed).items()}
-    try:
-        before, after = float(fn(ref, labels)), float(fn(got, labels))
-    except BadInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (a user metric that fails is a bad input, named)
-        raise BadInputError(f"the metric {name!r} failed: {type(exc).__name__}: {exc}"[:300]) from None
+    before, after = score(name, fn, ref, labels), score(name, fn, got, labels)
     return {"metric": "top1" if metric is None else name, "output": next(iter(ref)), "samples": int(labels.shape[0]),
             "before": before, "after": after, "delta": after - before}
 

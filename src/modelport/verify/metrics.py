@@ -17,7 +17,7 @@ import numpy as np
 
 from modelport.errors import BadInputError
 
-__all__ = ["Metric", "TaskMetric", "load_metric", "top1", "evaluate_pair"]
+__all__ = ["Metric", "TaskMetric", "load_metric", "load_eval", "score", "top1", "evaluate_pair"]
 
 Metric = Callable[[dict[str, np.ndarray], np.ndarray], float]
 
@@ -72,28 +72,35 @@ class TaskMetric:
         return None if self.max_drop is None else self.drop <= self.max_drop
 
 
-def _split(data: dict[str, np.ndarray], source: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def load_eval(eval_data) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+    """(inputs, labels, where they came from) of ``eval_data`` (.npz path or dict: inputs + ``labels``)."""
+    from modelport.inputs import load_npz
+
+    source = str(eval_data) if not isinstance(eval_data, dict) else "eval arrays"
+    data = load_npz(eval_data) if not isinstance(eval_data, dict) else dict(eval_data)
     if "labels" not in data:
         raise BadInputError("eval data needs a 'labels' array beside the inputs", path=source)
-    feeds = {k: v for k, v in data.items() if k != "labels"}
-    return feeds, np.asarray(data["labels"])
+    return {k: v for k, v in data.items() if k != "labels"}, np.asarray(data["labels"]), source
+
+
+def score(name: str, fn: Metric, outputs: dict[str, np.ndarray], labels: np.ndarray) -> float:
+    """``fn(outputs, labels)`` as a float; a metric that raises is a bad input, named in one line."""
+    try:
+        return float(fn(outputs, labels))
+    except BadInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a user metric that fails is a bad input, named)
+        raise BadInputError(f"the metric {name!r} failed: {type(exc).__name__}: {exc}"[:300]) from None
 
 
 def evaluate_pair(ra, rb, eval_data, metric: str | None = None, max_drop: float | None = None,
                   rename: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> TaskMetric:
     """The task metric of runner A and runner B on ``eval_data`` (.npz path or dict: A's inputs + labels)."""
-    from modelport.inputs import check_feeds, load_npz
+    from modelport.inputs import check_feeds
 
-    source = str(eval_data) if not isinstance(eval_data, dict) else "eval arrays"
-    feeds, labels = _split(load_npz(eval_data) if not isinstance(eval_data, dict) else dict(eval_data), source)
+    feeds, labels, source = load_eval(eval_data)
     feeds = check_feeds(feeds, ra.signature.inputs, source)
     name, fn = load_metric(metric)
-    values = []
-    for runner, feed in ((ra, feeds), (rb, rename(feeds) if rename else feeds)):
-        try:
-            values.append(float(fn(runner.run(feed), labels)))
-        except BadInputError:
-            raise
-        except Exception as exc:  # noqa: BLE001  (a user metric that fails is a bad input, named)
-            raise BadInputError(f"the metric {name!r} failed: {type(exc).__name__}: {exc}"[:300]) from None
-    return TaskMetric(name, int(labels.shape[0]), values[0], values[1], max_drop)
+    before = score(name, fn, ra.run(feeds), labels)
+    after = score(name, fn, rb.run(rename(feeds) if rename else feeds), labels)
+    return TaskMetric(name, int(labels.shape[0]), before, after, max_drop)
