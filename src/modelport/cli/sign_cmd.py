@@ -1,0 +1,169 @@
+"""`modelport keygen`, `sign`, `signature verify`, `provenance verify`; the --sign / --require-signature options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from modelport.cli.output import console, emit_json
+from modelport.security.gate import ENV_VAR
+
+SignOpt = Annotated[Optional[str], typer.Option(
+    "--sign", metavar="KEY",
+    help="Sign this step's provenance (in-toto/SLSA) with this private key (PEM); written beside the output as OUT.intoto.jsonl.")]
+RequireSignatureOpt = Annotated[Optional[str], typer.Option(
+    "--require-signature", metavar="PUB", envvar=ENV_VAR, show_envvar=True,
+    help="Refuse (exit 4) any model not signed by this public key, checked before anything parses it.")]
+
+_NOT_OPTIONS = {"sign", "require_signature", "as_json", "registry"}  # keys, flags, URLs that may hold credentials
+
+
+def require_signed(public_key: str | None, *models: str | list[str] | None) -> None:
+    """The --require-signature gate: every model argument verified before the command opens it."""
+    from modelport.security.gate import require_signature
+
+    flat = [m for given in models for m in (given if isinstance(given, list) else [given])]
+    require_signature(flat, public_key or None)
+
+
+def start_provenance(key: str | None):
+    """A ProvenanceSigner for --sign (the key read now: a bad one fails before any work), else None."""
+    if not key:
+        return None
+    from modelport.security.provenance import ProvenanceSigner
+
+    return ProvenanceSigner.load(key)
+
+
+def resolve_inputs(signer, inputs: Mapping[str, Any]) -> None:
+    """Digest the step's inputs (role -> path) before it runs, so the statement records what it received."""
+    if signer is not None:
+        signer.resolve(inputs)
+
+
+def finish_provenance(signer, command: str, report: Any, params: Mapping[str, Any]):
+    """Write the step's signed provenance beside its output(s), recording the command's options (``ctx.params``)."""
+    if signer is None:
+        return None
+    options = {k: v for k, v in params.items() if k not in _NOT_OPTIONS}
+    return signer.attest(command, report, parameters=options)
+
+
+def emit_report(report: Any, record) -> None:
+    """--json: the report, with a "provenance" entry when the step was signed."""
+    if record is None:
+        emit_json(report)
+        return
+    from modelport.artifact import to_jsonable
+
+    emit_json({**to_jsonable(report), "provenance": to_jsonable(record)})
+
+
+def print_provenance(record) -> None:
+    if record is None:
+        return
+    for w in record.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    chain = f", with {record.statements - 1} earlier step(s)" if record.statements > 1 else ""
+    console.print(f"signed provenance: {', '.join(record.bundles)} (key {record.key_id[:16]}…{chain})")
+
+
+def _verify_signature_table(report) -> Table:
+    table = Table(title=f"signature of {report.model}", show_header=False)
+    table.add_row("signature", report.signature)
+    table.add_row("key id", report.key_id)
+    table.add_row("files", f"{len(report.files)}")
+    for f in report.files[:20]:
+        table.add_row("  " + (f.name if f.name != "." else "(the file)"), f"sha256 {f.sha256}")
+    if len(report.files) > 20:
+        table.add_row("  …", f"{len(report.files) - 20} more")
+    return table
+
+
+def _chain_table(report) -> Table:
+    table = Table(title=f"provenance of {report.path}")
+    for col in ("step", "command", "input -> output", "verdict", "signed by", "finished"):
+        table.add_column(col)
+    for i, step in enumerate(report.steps, 1):
+        ins = ", ".join(f"{r.name} ({r.digest[:19]}…)" for r in step.inputs if r.role in ("model", "teacher", "student"))
+        outs = ", ".join(f"{r.name} ({r.digest[:19]}…)" for r in step.outputs)
+        table.add_row(str(i), step.command, f"{ins} -> {outs}", step.summary, step.key_id[:16] + "…", step.finished_on)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("keygen")
+    def keygen(
+        out: Annotated[str, typer.Option("-o", "--out", help="The private key to write (PEM, mode 0600); the public key goes beside it as .pub.")] = "key.pem",
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Make an ECDSA P-256 key pair for signing models and provenance (never overwrites a key)."""
+        from modelport.security.signing import keygen as make_keys
+
+        keys = make_keys(out)
+        if as_json:
+            emit_json(keys)
+            return
+        console.print(f"wrote private key {keys.private} (mode 0600) and public key {keys.public}; key id {keys.key_id}")
+
+    @app.command("sign")
+    def sign(
+        path: Annotated[str, typer.Argument(help="Model file or directory to sign.")],
+        key: Annotated[str, typer.Option("--key", help="Private key (PEM, ECDSA P-256/384/521), e.g. from `modelport keygen`.")],
+        signature: Annotated[Optional[str], typer.Option("--signature", help="Where to write the signature (default: PATH.sig beside the model).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Sign a model file or directory (an OpenSSF model-signing bundle, verifiable with `model_signing verify key`)."""
+        from modelport.security.signing import sign as sign_model
+
+        report = sign_model(path, key, signature)
+        if as_json:
+            emit_json(report)
+            return
+        console.print(f"signed {report.model} ({len(report.files)} file(s)): {report.signature}; key id {report.key_id[:16]}…")
+
+    signature_app = typer.Typer(help="Verify a model's signature.", no_args_is_help=True)
+
+    @signature_app.command("verify")
+    def signature_verify(
+        path: Annotated[str, typer.Argument(help="Model file or directory.")],
+        pub: Annotated[str, typer.Option("--pub", help="Public key (PEM) the model must be signed with.")],
+        signature: Annotated[Optional[str], typer.Option("--signature", help="The signature (default: PATH.sig, else DIR/model.sig).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Verify a model against its signature: any changed, added, removed or renamed file fails (exit 4)."""
+        from modelport.security.signing import verify as verify_model
+
+        report = verify_model(path, pub, signature)
+        if as_json:
+            emit_json(report)
+            return
+        console.print(_verify_signature_table(report))
+        console.print(f"signature ok: {report.model} matches {report.signature}")
+
+    provenance_app = typer.Typer(help="Verify the signed provenance chain of a model.", no_args_is_help=True)
+
+    @provenance_app.command("verify")
+    def provenance_verify(
+        path: Annotated[str, typer.Argument(help="A model written with --sign (convert, adapt, compress, distill).")],
+        pub: Annotated[list[str], typer.Option("--pub", help="Public key(s) the statements must be signed with (repeatable).")],
+        bundle: Annotated[Optional[str], typer.Option("--provenance", help="The provenance file (default: PATH.intoto.jsonl beside the model).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON.")] = False,
+    ) -> None:
+        """Verify a model's signed provenance and walk its chain back to the original input; print it."""
+        from modelport.security.provenance import verify as verify_chain
+
+        report = verify_chain(path, pub, bundle)
+        if as_json:
+            emit_json(report)
+            return
+        console.print(_chain_table(report))
+        for ref in report.originals:
+            console.print(f"original input ({ref.role}): {ref.name} {ref.digest}")
+        console.print(f"provenance ok: {len(report.steps)} signed step(s) from the original input to {report.path}")
+
+    app.add_typer(signature_app, name="signature")
+    app.add_typer(provenance_app, name="provenance")
