@@ -38,7 +38,14 @@ check-lock:
 demo: install
 	$(BIN)/modelport demo
 
-test: install
+# The registry tests also run against a real PostgreSQL server: Debian's package, when initdb is missing.
+.PHONY: postgres
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	 ( [ "$$(id -u)" = 0 ] && apt-get install -y -q postgresql || sudo -n apt-get install -y -q postgresql ) || \
+	 echo "note: postgresql is not installed: the registry tests skip their PostgreSQL runs"
+
+test: install postgres
 	$(BIN)/python -m pip check 2>&1 | $(PY) scripts/lock.py pip-check
 	@if [ -f $(IMPORT_CHECK) ]; then $(BIN)/python $(IMPORT_CHECK) . && echo "import check: every third-party import is declared"; \
 	 else echo "note: $(IMPORT_CHECK) not found beside this checkout: import check skipped"; fi

@@ -128,6 +128,7 @@ def convert(
     metric: str | None = None,
     max_drop: float | None = None,
     progress: Callable[[str], None] | None = None,
+    scrub: bool = False,
 ):
     """Convert ``src`` to format ``to`` (through ONNX where needed) and verify the result.
 
@@ -141,6 +142,10 @@ def convert(
     task metric (top-1, or ``metric="file.py:fn"``) of source and result; with ``max_drop`` the
     conversion is judged on the task (for approximate routes such as float16 TFLite).
 
+    ``scrub`` removes what an ONNX output leaks about this machine (``modelport.security.scrub``).
+    A SavedModel with file, network or Python ops is refused unless the call runs inside
+    ``modelport.security.loaders.trusting()``.
+
     Returns a ConvertReport; raises CheckFailedError (nothing written) when parity fails.
     """
     from modelport.convert.run import convert as run_pipeline
@@ -151,7 +156,7 @@ def convert(
                              extra=extra)
     return run_pipeline(src, to, out, src_format=src_format, options=options, verify=verify, inputs=inputs,
                         dims=_dims(dims), rtol=rtol, atol=atol, tolerances=_tolerances(tol), report_dir=report_dir,
-                        eval_data=eval_data, metric=metric, max_drop=max_drop, progress=progress)
+                        eval_data=eval_data, metric=metric, max_drop=max_drop, progress=progress, scrub=scrub)
 
 
 def verify(

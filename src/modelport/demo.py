@@ -46,6 +46,8 @@ class DemoReport:
     ok: bool  # every converted model passed parity against Keras and scores its test accuracy exactly
     reports: tuple[str, ...] = ()  # the HTML verification report of each converted model against Keras
     notes: tuple[str, ...] = ()
+    registry: str | None = None  # the registry holding the chain (under --out; None: a temp dir, removed)
+    lineage: tuple[str, ...] = ()  # `modelport registry lineage` of the trained model: the whole chain
 
     def __bool__(self) -> bool:
         return self.ok
@@ -117,7 +119,8 @@ def accuracy(path: str, x, y, batch: int = 256) -> float:
     return correct / len(x)
 
 
-def _compress_chain(work: Path, onnx_path: str, x_train, y_train, x_test, y_test, say) -> list[tuple[str, str, str, str]]:
+def _compress_chain(work: Path, onnx_path: str, x_train, y_train, x_test, y_test, say,
+                    steps: list | None = None) -> list[tuple[str, str, str, str]]:
     """50% structured pruning -> distillation from the full model -> int8 static, each judged on accuracy."""
     from modelport.compress.run import compress
     from modelport.compress.distill import distill
@@ -135,6 +138,8 @@ def _compress_chain(work: Path, onnx_path: str, x_train, y_train, x_test, y_test
     final = compress(student.out, work / "digits_cnn.student.int8.onnx", quantize="static", calibration=calib_npz,
                      eval_data=eval_npz, max_drop=0.01, bench_runs=5)
     judged = "n/a: compressed, judged on accuracy"
+    if steps is not None:  # (command, report) of each step, for the registry
+        steps += [("compress", pruned), ("distill", student), ("compress", final)]
     return [("pruned 50% + distilled", "onnx", student.out, judged), ("+ int8 static", "onnx", final.out, judged)]
 
 
@@ -145,6 +150,21 @@ def _parity(report) -> str:
         return "not verified"
     worst = max((o.max_rel for r in parity.runs for o in r.outputs), default=0.0)
     return f"{'ok' if parity.ok else 'FAILED'}, max rel {worst:.1e} at {len(parity.runs)} shapes"
+
+
+def _register_chain(work: Path, keras_path: Path, steps: list) -> tuple[str, tuple[str, ...]]:
+    """Every model of the demo as a version of ``digits_cnn`` in ``work/registry``, each with the step that
+    made it; returns the registry and `registry lineage` of the trained model (the whole DAG)."""
+    from modelport.registry.lineage import lineage, render_text
+    from modelport.registry.record import files_sha256, find_by_digest, register_report
+    from modelport.registry.store import Registry
+
+    url = str(work / "registry")
+    with Registry.open(url) as reg:
+        root = find_by_digest(reg, files_sha256(keras_path), prefer="digits_cnn") or reg.add(keras_path, "digits_cnn")
+        for command, report in steps:
+            register_report(reg, command, report, "digits_cnn")
+        return url, tuple(render_text(lineage(reg, root.ref)))
 
 
 def _size(path: str) -> int:
@@ -184,7 +204,10 @@ def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: C
         for _, fmt, path, _ in models[1:]:
             reports.append(str(work / f"verification-{fmt}.html"))
             verify(keras_path, path, report=reports[-1])
-        models.extend(_compress_chain(work, onnx_path, x_train, y_train, x_test, y_test, say))
+        steps = [("convert", report), ("convert", torch_report), ("convert", tflite_report)]
+        models.extend(_compress_chain(work, onnx_path, x_train, y_train, x_test, y_test, say, steps))
+        say("registering the chain")
+        registry, chain = _register_chain(work, keras_path, steps)
         say("measuring test accuracy")
         accs = [accuracy(path, x_test, y_test) for _, _, path, _ in models]
         say("benchmarking")
@@ -197,4 +220,5 @@ def run_demo(out_dir: str | Path | None = None, *, epochs: int = 12, progress: C
         notes = ()
         if not out_dir:
             notes = ("artifacts were written to a temporary directory and removed; pass --out DIR to keep them",)
-        return DemoReport(rows, len(x_test), train_s, convert_s, _verdict(rows), tuple(reports), notes)
+        return DemoReport(rows, len(x_test), train_s, convert_s, _verdict(rows), tuple(reports), notes,
+                          registry if out_dir else None, chain)

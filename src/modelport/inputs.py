@@ -1,7 +1,8 @@
 """A model's inputs, from the user or from its signature.
 
-What the user writes: ``--input name:1x3x224x224:float32`` and ``--dim name=value``
-(``parse_input_spec``, ``parse_dims``), and ``.npz`` files checked against a signature
+What the user writes: ``--input name:1x3x224x224:float32`` (or ``name=1x3x224x224:float32``),
+``--input sr=16000`` (a Python constant for a forward parameter: a ``ConstantSpec``) and
+``--dim name=value`` (``parse_input_spec``, ``parse_dims``), and ``.npz`` files checked against a signature
 (``load_npz``, ``check_feeds``). What modelport draws when nothing is given: seeded random data
 from a signature (``make_inputs``). Dynamic dims are filled twice with different sizes, because
 a converter can silently freeze a shape. Dims at the same position share a size across inputs
@@ -14,6 +15,7 @@ only on modelport.artifact and modelport.errors.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 from modelport.artifact import TensorSpec
 from modelport.errors import BadInputError
 
-__all__ = ["make_inputs", "load_npz", "check_feeds", "dim_sizes",
+__all__ = ["make_inputs", "load_npz", "check_feeds", "dim_sizes", "ConstantSpec", "split_constants",
            "parse_input_spec", "parse_input_specs", "parse_dims", "parse_int_list"]
 
 
@@ -77,6 +79,37 @@ def _padding_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarra
     return mask.reshape(shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConstantSpec(TensorSpec):
+    """A Python constant for a forward parameter (``--input sr=16000``): baked into an export, not an input.
+
+    It is a 0-d TensorSpec (dtype int64, float64 or bool) so that code that only knows tensors
+    still sees a name, a dtype and a shape; random inputs drawn from it are its value.
+    """
+
+    value: bool | int | float = 0
+
+    @property
+    def text(self) -> str:
+        """``sr=16000`` as the user wrote it (booleans as true/false)."""
+        value = str(self.value).lower() if isinstance(self.value, bool) else repr(self.value)
+        return f"{self.name}={value}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def constant_spec(name: str, value: bool | int | float) -> ConstantSpec:
+    dtype = "bool" if isinstance(value, bool) else "int64" if isinstance(value, int) else "float64"
+    return ConstantSpec(name, dtype, (), value)
+
+
+def split_constants(specs: tuple[TensorSpec, ...]) -> tuple[tuple[TensorSpec, ...], dict[str, bool | int | float]]:
+    """The tensor specs, and the constants by name (in the order given)."""
+    tensors = tuple(s for s in specs if not isinstance(s, ConstantSpec))
+    return tensors, {s.name: s.value for s in specs if isinstance(s, ConstantSpec)}
+
+
 def make_inputs(
     specs: tuple[TensorSpec, ...],
     *,
@@ -91,7 +124,8 @@ def make_inputs(
     feeds = []
     for round_ in range(2 if dynamic else 1):
         rng = np.random.default_rng(seed + round_)
-        feeds.append({s.name: _random(s, dim_sizes(s, dims, round_), rng, bounds.get(s.name)) for s in specs})
+        feeds.append({s.name: np.asarray(s.value, dtype=s.dtype) if isinstance(s, ConstantSpec)
+                      else _random(s, dim_sizes(s, dims, round_), rng, bounds.get(s.name)) for s in specs})
     return feeds
 
 
@@ -147,8 +181,39 @@ def check_feeds(feeds: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], sou
 
 
 
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
+
+
+def _scalar(text: str) -> bool | int | float | None:
+    """The Python constant a value like 16000, 0.5, 1e-3 or true spells, else None."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if _INT.fullmatch(lowered):
+        return int(lowered)
+    if _FLOAT.fullmatch(lowered):
+        return float(lowered)
+    return None
+
+
 def parse_input_spec(text: str) -> TensorSpec:
-    """`name:1x3x224x224:float32` (dims by `x` or `,`; a word is a symbolic dim, `?` unknown)."""
+    """`name:1x3x224x224:float32` (dims by `x` or `,`; a word is a symbolic dim, `?` unknown).
+
+    `name=1x3x224x224:float32` is the same tensor spec; `name=16000`, `name=0.5` or `name=true`
+    (a plain scalar value) is a Python constant for the forward parameter `name`: a ConstantSpec.
+    """
+    eq, colon = text.find("="), text.find(":")
+    if eq > 0 and (colon < 0 or eq < colon):
+        name, value = text[:eq], text[eq + 1:]
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
+            raise BadInputError(f"bad --input {text!r}: {name!r} is no parameter name")
+        scalar = _scalar(value) if ":" not in value else None
+        if scalar is not None:
+            return constant_spec(name, scalar)
+        if not value:
+            raise BadInputError(f"bad --input {text!r}: expected name=16000 (a constant) or name=1x3x224x224[:float32]")
+        text = f"{name}:{value}"
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0]:
         raise BadInputError(f"bad --input {text!r}: expected name:1x3x224x224[:float32]")

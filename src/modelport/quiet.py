@@ -34,7 +34,7 @@ CHATTER = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]" + _RECORD + r".*"
     r"|E" + _RECORD + r"(NodeDef mentions attribute .* This may be expected if your graph generating binary is newer"
-    r"|oneDNN supports DT_INT64 only on platforms with AVX-512\. Falling back).*"
+    r"|oneDNN supports DT_INT(?:8|64) only on platforms with AVX-512\. Falling back).*"
     r"|INFO: .*"
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$"
 )

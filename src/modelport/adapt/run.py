@@ -204,17 +204,19 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
     The first failing input set (the adapted model's inputs) and both outputs go to ``keep_failure``.
     """
     from modelport.verify import feeds_for, keep_failure_file
+    from modelport.verify.noise import NoiseJudge
     from modelport.verify.parity import ParityReport, RunParity, compare_outputs
 
     out_names: dict[str, str] = {}
     for b in boundaries:
         if b.kind == "rename":
             out_names.update({new: old for old, new in b.params["mapping"].items()})
-    with _open(src, device, warnings) as ra, _open(out, device, warnings) as rb:
+    with _open(src, device, warnings) as ra, _open(out, device, warnings) as rb, NoiseJudge(ra) as judge:
         feeds, source = feeds_for(rb, inputs=inputs, dims=dims, seed=seed)
         runs, kept = [], []
         for feed in feeds:
-            ref = _run_reference(ra, _map_feed(feed, boundaries, orig_dtypes))
+            mapped = _map_feed(feed, boundaries, orig_dtypes)
+            ref = _run_reference(ra, mapped)
             try:
                 got = {out_names.get(k, k): v for k, v in rb.run(feed).items()}
             except Exception as exc:
@@ -222,7 +224,8 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
                 msg = " ".join(str(exc).split())[:300]
                 raise CheckFailedError(f"the adapted model fails on inputs {shapes}: {msg}", path=src) from None
             shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
-            runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)))
+            outputs = compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)
+            runs.append(RunParity(shapes, judge(mapped, ref, got, outputs, rtol=rtol, atol=atol, per_output=tolerances)))
             if not runs[-1] and keep_failure is not None and not kept:
                 keep_failure_file(keep_failure, feed, ref, got)
                 kept.append(str(keep_failure))

@@ -7,13 +7,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.output import console, emit_json, progress
-from modelport.cli.verify_cmd import parity_table
+from modelport.cli.output import console, progress
+from modelport.cli.sign_cmd import (RequireSignatureOpt, SignOpt, emit_report, finish_provenance, print_provenance,
+                                    require_signed, resolve_inputs, start_provenance)
+from modelport.cli.registry_lineage_cmd import RegisterOpt, RegistryOpt, record_output, registry_source
+from modelport.cli.verify_cmd import NoNoiseFloorOpt, parity_table
 
 
 def register(app: typer.Typer) -> None:
     @app.command("adapt")
     def adapt(
+        ctx: typer.Context,
         model: Annotated[Optional[str], typer.Argument(help="ONNX model to adapt.")] = None,
         out: Annotated[Optional[str], typer.Option("-o", "--out", help="Output .onnx path.")] = None,
         target: Annotated[Optional[str], typer.Option("--target", "-t", help="Apply every automatic fix for this target (name or profile .json).")] = None,
@@ -36,6 +40,11 @@ def register(app: typer.Typer) -> None:
         tol: Annotated[Optional[list[str]], typer.Option("--tol", help="Tolerance of one output, NAME=rtol,atol (repeatable).")] = None,
         report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a failed verification keeps its inputs and outputs (default: beside the output).")] = None,
         list_rules: Annotated[bool, typer.Option("--list-rules", help="List the rewrite rules and exit.")] = False,
+        no_noise_floor: NoNoiseFloorOpt = False,
+        register: RegisterOpt = None,
+        registry: RegistryOpt = None,
+        sign: SignOpt = None,
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Adapt an ONNX model to a target (ops, opset, inputs/outputs) and verify it still computes the same."""
@@ -53,14 +62,23 @@ def register(app: typer.Typer) -> None:
             from modelport.errors import BadInputError
 
             raise BadInputError("usage: modelport adapt MODEL -o OUT [--target T] [--opset N] [--layout nhwc] …")
-        with progress(not as_json, f"adapting {model}") as update:
+        signer = start_provenance(sign)
+        model, origin, out = registry_source(ctx, model, registry, register, out)
+        require_signed(require_signature, model)
+        resolve_inputs(signer, {"model": model, "eval": eval_data, "inputs": inputs,
+                               "target": target if target and target.endswith(".json") else None})
+        from modelport.verify.noise import enabled as noise_floor
+
+        with progress(not as_json, f"adapting {model}") as update, noise_floor(not no_noise_floor):
             report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
                                rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,
                                eval_data=eval_data, inputs=inputs, dims=parse_dims(dim) or None, rtol=rtol, atol=atol,
                                tolerances=parse_tolerances(tol) or None, report_dir=report_dir, metric=metric, max_drop=max_drop,
                                progress=update)
+        record = finish_provenance(signer, "adapt", report, ctx.params)
+        record_output(ctx, "adapt", report, origin, register, registry, as_json)
         if as_json:
-            emit_json(report)
+            emit_report(report, record)
             return
         table = Table(title=f"adapt {report.src} -> {report.out}", show_header=False)
         for step in report.steps:
@@ -76,3 +94,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]warning:[/] {w}")
         if report.parity is not None:
             console.print(parity_table(report.parity))
+        print_provenance(record)

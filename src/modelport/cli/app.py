@@ -18,6 +18,11 @@ from modelport.cli import (
     demo_cmd,
     distill_cmd,
     inspect_cmd,
+    registry_cmd,
+    scan_cmd,
+    scrub_cmd,
+    sign_cmd,
+    toolchain_cmd,
     verify_cmd,
 )
 from modelport.cli.output import err_console
@@ -52,7 +57,8 @@ def _root(
     """Move trained models between frameworks and platforms, and prove they still do the same thing."""
 
 
-for module in (convert_cmd, verify_cmd, inspect_cmd, bench_cmd, check_cmd, adapt_cmd, compress_cmd, distill_cmd, demo_cmd):
+for module in (convert_cmd, verify_cmd, inspect_cmd, bench_cmd, check_cmd, adapt_cmd, compress_cmd, distill_cmd, demo_cmd,
+               registry_cmd, sign_cmd, scrub_cmd, scan_cmd, toolchain_cmd):
     module.register(app)
 
 

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json, progress
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +23,7 @@ def register(app: typer.Typer) -> None:
         input: Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32.")] = None,
         dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a non-batch symbolic dim, name=value.")] = None,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Measure latency p50/p90 and throughput per batch size; models run interleaved."""
@@ -33,6 +35,7 @@ def register(app: typer.Typer) -> None:
             from modelport.errors import BadInputError
 
             raise BadInputError("--warmup must be >= 0 and --runs >= 1")
+        require_signed(require_signature, models, weights)
         with progress(not as_json, "benchmarking") as update:
             report = api.bench(models, batches=batches, threads=threads, warmup=warmup, runs=runs, weights=weights,
                                input_specs=input, dims=dim, device=device, progress=update)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
 
 
 def check_table(report) -> Table:
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Argument(help="ONNX model to check.")] = None,
         target: Annotated[Optional[str], typer.Option("--target", "-t", help="Built-in target name or a profile .json path.")] = None,
         list_targets: Annotated[bool, typer.Option("--list-targets", help="List the built-in targets and exit.")] = False,
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Check an ONNX model against a target platform (exit 0 compatible, 3 not)."""
@@ -55,6 +57,7 @@ def register(app: typer.Typer) -> None:
             raise BadInputError(f"usage: modelport check MODEL --target T (known targets: {', '.join(known_targets())})")
         from modelport.adapt.run import check as run_check
 
+        require_signed(require_signature, model)
         report = run_check(model, target)
         if as_json:
             emit_json(report)

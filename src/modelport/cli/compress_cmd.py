@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.output import console, emit_json, progress
+from modelport.cli.output import console, progress
+from modelport.cli.sign_cmd import (RequireSignatureOpt, SignOpt, emit_report, finish_provenance, print_provenance,
+                                    require_signed, resolve_inputs, start_provenance)
+from modelport.cli.registry_lineage_cmd import RegisterOpt, RegistryOpt, record_output, registry_source
 
 
 def _options_table(report) -> Table:
@@ -50,6 +53,7 @@ def _widths_table(report) -> Table:
 def register(app: typer.Typer) -> None:
     @app.command("compress")
     def compress(
+        ctx: typer.Context,
         model: Annotated[str, typer.Argument(help="ONNX model to compress (convert other formats first).")],
         out: Annotated[Optional[str], typer.Option("-o", "--out", help="Output path (default: beside the source, e.g. model.int8.onnx).")] = None,
         quantize: Annotated[Optional[str], typer.Option("--quantize", help="dynamic | static | fp16 | int4.")] = None,
@@ -64,16 +68,24 @@ def register(app: typer.Typer) -> None:
         max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Largest acceptable top-1 drop, e.g. 0.01 (one point).")] = None,
         batch: Annotated[str, typer.Option("--batch", help="Batch sizes for latency, comma-separated.")] = "1,8",
         runs: Annotated[int, typer.Option("--runs", help="Timed runs per model and batch (0: skip latency).")] = 20,
+        register: RegisterOpt = None,
+        registry: RegistryOpt = None,
+        sign: SignOpt = None,
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Quantize and/or prune an ONNX model; measure size, MACs, latency and accuracy before and after."""
-        from modelport.compress.run import compress as run_compress
+        from modelport.compress.run import compress as run_compress, default_output
         from modelport.errors import BadInputError
 
         try:
             batches = tuple(int(b) for b in batch.split(",") if b.strip())
         except ValueError:
             raise BadInputError(f"--batch takes comma-separated integers, got {batch!r}") from None
+        signer = start_provenance(sign)
+        model, origin, out = registry_source(ctx, model, registry, register, out, lambda p: default_output(p, quantize, prune))
+        require_signed(require_signature, model)
+        resolve_inputs(signer, {"model": model, "calibration": calibration, "eval": eval_data})
         with progress(not as_json, f"compressing {model}") as update:
             report = run_compress(
                 model, out, quantize=quantize, calibration=calibration, calibrate_method=calibrate_method,
@@ -81,8 +93,10 @@ def register(app: typer.Typer) -> None:
                 structured=structured, eval_data=eval_data, max_drop=max_drop, bench_batches=batches,
                 bench_runs=runs, progress=update,
             )
+        record = finish_provenance(signer, "compress", report, ctx.params)
+        record_output(ctx, "compress", report, origin, register, registry, as_json)
         if as_json:
-            emit_json(report)
+            emit_report(report, record)
             return
         console.print(_options_table(report))
         for step in report.steps:
@@ -99,3 +113,4 @@ def register(app: typer.Typer) -> None:
         for note in report.notes:
             console.print(f"[yellow]note:[/] {note}")
         console.print(f"wrote {report.out} in {report.seconds:.1f} s")
+        print_provenance(record)

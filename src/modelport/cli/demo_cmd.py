@@ -42,5 +42,10 @@ def register(app: typer.Typer) -> None:
                 console.print(f"HTML verification reports: {', '.join(report.reports)}", markup=False, soft_wrap=True)
             for note in report.notes:
                 console.print(f"[dim]{note}[/]")
+            if report.lineage:
+                where = report.registry or "a temporary registry, removed with the models"
+                console.print(f"registry lineage of the trained model ({where}):", markup=False, soft_wrap=True)
+                for line in report.lineage:
+                    console.print(line, markup=False, soft_wrap=True)
         if not report:
             raise typer.Exit(1)

@@ -7,12 +7,16 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from modelport.cli.output import console, emit_json, progress
+from modelport.cli.output import console, progress
+from modelport.cli.sign_cmd import (RequireSignatureOpt, SignOpt, emit_report, finish_provenance, print_provenance,
+                                    require_signed, resolve_inputs, start_provenance)
+from modelport.cli.registry_lineage_cmd import RegisterOpt, RegistryOpt, record_output, registry_source
 
 
 def register(app: typer.Typer) -> None:
     @app.command("distill")
     def distill(
+        ctx: typer.Context,
         teacher: Annotated[str, typer.Option("--teacher", help="Teacher model, any supported format.")],
         student: Annotated[str, typer.Option("--student", help="Student: file.py:Name, a modelport torch directory, or ONNX (e.g. a structurally pruned teacher).")],
         out: Annotated[str, typer.Option("-o", "--out", help="Where to write the student (ONNX).")],
@@ -26,6 +30,10 @@ def register(app: typer.Typer) -> None:
         lr: Annotated[float, typer.Option("--lr")] = 3e-3,
         threads: Annotated[Optional[int], typer.Option("--threads", help="torch threads while training.")] = None,
         runs: Annotated[int, typer.Option("--runs", help="Timed runs per model and batch (0: skip latency).")] = 20,
+        register: RegisterOpt = None,
+        registry: RegistryOpt = None,
+        sign: SignOpt = None,
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Distill a teacher into a smaller PyTorch student; report teacher vs student."""
@@ -35,13 +43,19 @@ def register(app: typer.Typer) -> None:
 
         if onnx_only and torch_out is not None:
             raise BadInputError("--torch-out and --onnx-only exclude each other")
+        signer = start_provenance(sign)
+        teacher, origin, _ = registry_source(ctx, teacher, registry, register)
+        require_signed(require_signature, teacher, student, weights)
+        resolve_inputs(signer, {"teacher": teacher, "student": student, "weights": weights, "data": data})
 
         with progress(not as_json, "distilling") as update:
             report = run_distill(teacher, student, out, data=data, student_weights=weights,
                                  torch_out=False if onnx_only else torch_out, epochs=epochs,
                                  temperature=temperature, alpha=alpha, lr=lr, bench_runs=runs, threads=threads, progress=update)
+        record = finish_provenance(signer, "distill", report, ctx.params)
+        record_output(ctx, "distill", report, origin, register, registry, as_json)
         if as_json:
-            emit_json(report)
+            emit_report(report, record)
             return
         history = Table(title="epochs")
         for col in ("epoch", "loss", f"held-out {report.metric_name}"):
@@ -60,3 +74,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"torch directory {report.torch_out}: {report.torch_parity.summary()}")
         wrote = report.out + (f" and {report.torch_out}" if report.torch_out else "")
         console.print(f"best epoch {report.best_epoch} (* above); wrote {wrote} in {report.seconds:.1f} s")
+        print_provenance(record)

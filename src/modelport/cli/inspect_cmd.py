@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
 
 
 def _human_bytes(n: int | None) -> str:
@@ -27,11 +28,13 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[Optional[str], typer.Option("--format", help="Format, when detection should be skipped.")] = None,
         weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for a module file.")] = None,
         input: Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32.")] = None,
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Show what a model is: format, IO signature, opset, op histogram, parameters, MACs, size."""
         import modelport as api
 
+        require_signed(require_signature, model, weights)
         report = api.inspect(model, fmt=fmt, weights=weights, input_specs=input)
         if as_json:
             emit_json(report)
@@ -58,6 +61,8 @@ def register(app: typer.Typer) -> None:
         hist = report.op_histogram
         if hist:
             table.add_row("ops", ", ".join(f"{k}×{v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])))
+        if report.custom_ops:
+            table.add_row("custom ops", ", ".join(f"{k}×{v}" for k, v in report.custom_ops.items()))
         for note in report.notes:
             table.add_row("note", note)
         console.print(table)

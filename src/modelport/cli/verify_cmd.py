@@ -10,6 +10,7 @@ from rich.table import Table
 
 from modelport.artifact import to_jsonable
 from modelport.cli.output import console, emit_json, fmt_float, progress
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
 
 
 def parity_table(report) -> Table:
@@ -25,7 +26,16 @@ def parity_table(report) -> Table:
                 "[green]yes[/]" if o.ok else f"[red]NO[/] {o.reason}",
             )
             shapes = ""
+    notes = list(dict.fromkeys(o.noise_line() for r in report.runs for o in r.outputs if o.noise_line()))
+    if notes:  # which outputs were judged against the reference's own noise floor, and how it was measured
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
+
+
+NoNoiseFloorOpt = Annotated[bool, typer.Option(
+    "--no-noise-floor", help="Judge on the tolerances alone: do not measure the ONNX reference's own noise floor "
+                             "(onnxruntime optimized vs unoptimized) where an output misses them.")]
 
 
 def localization_table(loc) -> Table:
@@ -84,6 +94,8 @@ def register(app: typer.Typer) -> None:
         arbiter: Annotated[Optional[str], typer.Option("--arbiter", help="reference: also run the ONNX side through onnx.reference, to tell which model is off.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+        no_noise_floor: NoNoiseFloorOpt = False,
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Compare two models of any formats on the same inputs (exit 1 when they differ)."""
@@ -92,11 +104,13 @@ def register(app: typer.Typer) -> None:
         import modelport as api
         from modelport.errors import BadInputError
         from modelport.verify import failure_path
+        from modelport.verify.noise import enabled as noise_floor
 
         if arbiter not in (None, "reference"):
             raise BadInputError(f"--arbiter {arbiter!r}: the one arbiter is 'reference' (onnx.reference)")
+        require_signed(require_signature, a, b, weights, b_weights)
 
-        with progress(not as_json, f"verifying {b} against {a}"):
+        with progress(not as_json, f"verifying {b} against {a}"), noise_floor(not no_noise_floor):
             report = api.verify(
                 a, b, a_format=a_format, b_format=b_format, weights=weights, b_weights=b_weights, input_specs=input,
                 inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device, tol=tol,
@@ -107,6 +121,7 @@ def register(app: typer.Typer) -> None:
             for flag, value in (("--a-format", a_format), ("--b-format", b_format), ("--weights", weights),
                                 ("--b-weights", b_weights), ("--rtol", rtol), ("--atol", atol)):
                 words += [flag, str(value)] if value is not None else []
+            words += ["--no-noise-floor"] if no_noise_floor else []
             words += [w for spec in input or () for w in ("--input", spec)] + [w for t in tol or () for w in ("--tol", t)]
             report = dataclasses.replace(report, reproduce=shlex.join(words))
         judged = None

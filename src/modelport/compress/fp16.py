@@ -19,7 +19,9 @@ def convert_fp16(src: str | Path, dst: str | Path, *, keep_io_float32: bool = Tr
     import onnx
     from onnxconverter_common import float16
 
-    model = onnx.load(str(src))
+    from modelport.security.loaders import read_onnx
+
+    model = read_onnx(src)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "values truncated to fp16 range" is reported by parity instead
         out = float16.convert_float_to_float16(

@@ -102,10 +102,12 @@ def preprocess(src: str | Path, dst: str | Path, scratch: str | Path) -> list[st
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from modelport.security.loaders import read_onnx
+
     src, dst, scratch = Path(src), Path(dst), Path(scratch)
     notes: list[str] = []
     with _quiet():
-        inferred, reason = _symbolic_shapes(onnx.load(str(src)))
+        inferred, reason = _symbolic_shapes(read_onnx(src))
         if inferred is not None:
             staged = scratch / "symbolic_shapes.onnx"
             large = inferred.ByteSize() > 1_800_000_000
@@ -275,7 +277,9 @@ def quantize_int4(src: str | Path, dst: str | Path, *, block_size: int = 32, exc
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    model = onnx.load(str(src))
+    from modelport.security.loaders import read_onnx
+
+    model = read_onnx(src)
     with _quiet():
         quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
                                          nodes_to_exclude=sorted(exclude))

@@ -140,9 +140,9 @@ def comparison_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
 
 
 def model_stats(path: Path, label: str, p50: dict[int, float | None], metric: float | None) -> ModelStats:
-    import onnx
+    from modelport.security.loaders import read_onnx
 
-    model = onnx.load(str(path))
+    model = read_onnx(path)
     sparsity = weight_sparsity(model)
     try:
         from modelport.inspect.run import inspect

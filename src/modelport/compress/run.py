@@ -25,6 +25,7 @@ from modelport.compress import accuracy, fp16, prune as prune_pass, quantize as 
 from modelport.compress.report import CompressReport, measure_latency, model_stats
 from modelport.errors import BadInputError, CheckFailedError
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
+from modelport.security.loaders import read_onnx
 
 __all__ = ["compress", "default_output"]
 
@@ -146,7 +147,7 @@ class _Work:
         self.count += 1
         src = self.base
         if self.plan.prune and not self.plan.structured:
-            model = onnx.load(str(src))
+            model = read_onnx(src)
             self.layers = prune_pass.magnitude_prune(model, self.plan.prune, scope=self.plan.prune_scope, exclude=exclude,
                                                      fractions=fractions)
             src = self.work / f"trial{self.count}.pruned.onnx"
@@ -466,9 +467,9 @@ def _prepare(start: Path, ctx: _Context, work: Path):
         scratch = work / "preprocess"
         scratch.mkdir()
         notes += quant.preprocess(start, base, scratch)
-        prepared = onnx.load(str(base))
+        prepared = read_onnx(base)
     else:
-        prepared = onnx.load(str(start)) if start != ctx.src else ctx.source
+        prepared = read_onnx(start) if start != ctx.src else ctx.source
     if quant.name_nodes(prepared):
         notes.append("unnamed nodes were given names (accuracy control refers to nodes by name)")
     onnx.save(prepared, str(base))

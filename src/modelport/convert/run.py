@@ -14,7 +14,7 @@ import numpy as np
 
 from modelport.artifact import Artifact, StepRecord, TensorSpec
 from modelport.convert.registry import ConvertOptions, companions, output_kind, plan
-from modelport.errors import BadInputError
+from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats import LoadOptions, detect, open_runner
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 from modelport.verify import ParityReport, compare_runners, failure_path
@@ -39,6 +39,7 @@ class ConvertReport:
     seconds: float
     ok: bool | None  # the verdict (parity, or the task budget with max_drop); None when not verified
     metric: TaskMetric | None = None  # source vs result on the eval data, when given
+    scrub: Any = None  # a modelport.security.scrub.ScrubReport with scrub=True
 
     def __bool__(self) -> bool:
         return self.ok is True
@@ -180,6 +181,7 @@ def convert(
     metric: str | None = None,
     max_drop: float | None = None,
     progress=None,
+    scrub: bool = False,
 ) -> ConvertReport:
     """Convert a model to another format through the route planner, verifying the result.
 
@@ -193,6 +195,8 @@ def convert(
         report_dir: where a failed verification keeps its inputs (default: beside ``out``).
         eval_data, metric, max_drop: the task metric (default top-1, or ``file.py:fn``) of source and result
             on labelled data; with ``max_drop`` the conversion is judged on the task, not elementwise.
+        scrub: remove what the ONNX output leaks about this machine (paths, user, stack traces:
+            ``modelport.security.scrub``) before it is placed.
 
     Raises:
         CheckFailedError: parity failed; nothing is written.
@@ -200,7 +204,19 @@ def convert(
     """
     started = time.perf_counter()
     options, src = options or ConvertOptions(), str(src)
+    if to == "safetensors":  # a pickled torch checkpoint's tensors, rebuilt without running it, verified bitwise
+        from modelport.convert.pickle_to_safetensors import convert_checkpoint
+
+        ignored = tuple(flag for flag, v in (("--inputs", inputs), ("--eval", eval_data), ("--max-drop", max_drop),
+                                             ("--scrub", scrub or None)) if v is not None)
+        return convert_checkpoint(src, out, src_format=src_format, verify=verify, progress=progress, ignored=ignored)
     fmt = detect(src, src_format)
+    if scrub and to != "onnx":
+        raise UnsupportedError(f"--scrub works on ONNX outputs; {to} has no scrubber (convert to onnx, scrub, then on)")
+    if fmt == "onnx":  # external data that escapes the model's directory: refused before any converter opens it
+        from modelport.security.loaders import check_onnx_file
+
+        check_onnx_file(src)
     route = plan(fmt, to)
     out_path = Path(out or default_output(src, to))
     kind = output_kind(to, out_path)  # an OpenVINO IR: a directory, or model.xml with model.bin beside it
@@ -229,6 +245,13 @@ def convert(
                                max_drop=max_drop) if verify else None
     with Staging(out_path) as staging:
         result = Pipeline(steps, verify=verifier, progress=progress).run(Artifact(src, fmt, lineage=read_lineage(src)), staging)
+        scrubbed = None
+        if scrub:  # metadata only: the graph's fingerprint is checked unchanged, so the verdict still holds
+            from modelport.security.scrub import scrub_in_place
+
+            scrubbed = scrub_in_place(result.artifact.path)
+            result = dataclasses.replace(result, artifact=dataclasses.replace(
+                result.artifact, lineage=read_lineage(result.artifact.path)))
         with open_runner(result.artifact.path, to) as rb:
             sig = rb.signature
         staging.place(result.artifact.path, out_path)
@@ -238,4 +261,5 @@ def convert(
     parity = dataclasses.replace(verdict.parity, b=str(out_path)) if verdict else None  # not the temporary file
     artifact = dataclasses.replace(result.artifact, path=str(out_path), signature=sig)
     return ConvertReport(src, fmt, to, artifact, tuple(e.name for e in route), parity, result.warnings,
-                         time.perf_counter() - started, verdict.ok if verdict else None, verdict.metric if verdict else None)
+                         time.perf_counter() - started, verdict.ok if verdict else None, verdict.metric if verdict else None,
+                         dataclasses.replace(scrubbed, src=str(out_path), out=str(out_path)) if scrubbed else None)

@@ -16,7 +16,7 @@ from typing import Any
 
 from modelport.artifact import TensorSpec
 from modelport.convert.registry import ConvertOptions, ConverterResult, register
-from modelport.errors import ExportError
+from modelport.errors import BadInputError, ExportError
 
 __all__ = ["torch_dir_to_export", "dynamic_shapes"]
 
@@ -83,6 +83,19 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(text.splitlines()[0].split())[:300] if text else type(exc).__name__
 
 
+def _refuse_constants(given: tuple[TensorSpec, ...], inputs: tuple[TensorSpec, ...], src: str) -> None:
+    """A generated module's forward takes tensors only: a Python constant (``--input sr=16000``) has no parameter."""
+    from modelport.inputs import ConstantSpec
+
+    for spec in given:
+        if isinstance(spec, ConstantSpec):
+            names = [s.name for s in inputs]
+            what = (f"parameter {spec.name!r} of the generated module takes a Tensor" if spec.name in names
+                    else f"the generated module has no parameter {spec.name!r} (its inputs: {', '.join(names) or 'none'})")
+            raise BadInputError(f"--input {spec}: {what}, not a Python constant; give a tensor spec, "
+                                f"e.g. --input {spec.name}:1:{spec.dtype}", path=src)
+
+
 @register("torch", "torch-export", "torch.export")
 def torch_dir_to_export(src: str, out: str, options: ConvertOptions) -> ConverterResult:
     """Exports the generated module of a torch directory to ``out`` (.pt2)."""
@@ -94,6 +107,7 @@ def torch_dir_to_export(src: str, out: str, options: ConvertOptions) -> Converte
     from modelport.inputs import make_inputs
 
     meta = read_meta(Path(src))
+    _refuse_constants(options.inputs, meta_inputs(meta), src)
     specs = fill_signature(meta_inputs(meta), options.inputs, src)
     module = to_torch.load(src)
     feeds = make_inputs(specs, seed=0)[0]

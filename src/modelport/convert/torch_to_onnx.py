@@ -5,6 +5,10 @@ batch by default), the dynamo exporter again with every dim static (frozen at th
 inputs' sizes, reported as a warning) when the dynamic export fails, then the TorchScript
 exporter as a fallback. The fallback can freeze shape-dependent logic, which is why every
 conversion with dynamic dims is verified at two input shapes.
+
+Python constants for forward's scalar parameters (``--input sr=16000``) are baked in: the module
+is exported through a wrapper whose forward takes the tensors only (a TorchScript module's
+wrapper is traced first, which keeps the scripted control flow), and the lineage says so.
 """
 
 from __future__ import annotations
@@ -158,10 +162,14 @@ def _output_names(module: Any, args: tuple[Any, ...]) -> list[str] | None:
 def _export_dynamo(model: Any, args, specs, out_path: str, opset: int, output_names) -> None:
     import torch
 
+    from modelport.formats.torch_module import bound_class
+
     program = model if isinstance(model, torch.export.ExportedProgram) else None
     kwargs: dict[str, Any] = {}
     if program is None:
         dyn = _dynamic_shapes(specs)
+        if dyn and isinstance(model, bound_class()):  # forward(*tensors): the shapes go by position
+            dyn = {"tensors": tuple(dyn[s.name] or None for s in specs)}
         if dyn:
             kwargs["dynamic_shapes"] = dyn
         kwargs["input_names"] = [s.name for s in specs]
@@ -187,12 +195,39 @@ def _export_torchscript(model: Any, args, specs, out_path: str, opset: int, outp
     )
 
 
-def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, options: ConvertOptions, src: str) -> ConverterResult:
-    """Run the strategy chain; raise ExportError naming every failed strategy."""
+def _trace_bound_script(model: Any, args: tuple[Any, ...], src: str) -> Any:
+    """A wrapper that calls a ScriptModule with constants, traced into a ScriptModule of the tensors alone.
+
+    The trace records the call into the scripted forward with the constants in place, so the scripted
+    control flow survives; the TorchScript exporter then folds the constant branches away.
+    """
+    import warnings
+
     import torch
+
+    try:
+        with quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.trace(model, args, check_trace=False, strict=False)
+    except Exception as exc:
+        raise ExportError(f"binding the constants into the TorchScript module failed: {_short(exc)}", path=src) from None
+
+
+def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, options: ConvertOptions, src: str) -> ConverterResult:
+    """Run the strategy chain; raise ExportError naming every failed strategy.
+
+    ``model`` may be a module bound to Python constants (``torch_module.bind_constants``): they are
+    baked into the export, and the detail and warnings say so.
+    """
+    import torch
+
+    from modelport.formats.torch_module import bound_class, constants_text
 
     opset = options.opset or DEFAULT_OPSET
     args = _example_args(specs)
+    constants = dict(model.constants) if isinstance(model, bound_class()) else {}
+    if constants and isinstance(model.inner, torch.jit.ScriptModule):
+        model = _trace_bound_script(model, args, src)
     try:
         out_names = _output_names(model, args) if not isinstance(model, torch.export.ExportedProgram) else None
     except Exception as exc:
@@ -239,10 +274,14 @@ def export_torch(model: Any, specs: tuple[TensorSpec, ...], out_path: str, optio
             )
         route = "dynamo" if name == _DYNAMO_STATIC else name
         how = f", all dims static ({_frozen_dims(specs, args)})" if use is frozen and frozen != specs else ""
+        baked = f"; {constants_text(constants)}" if constants else ""
+        if constants:
+            warns.append(f"{constants_text(constants)}: the ONNX model computes forward with "
+                         f"{'this value' if len(constants) == 1 else 'these values'} only")
         return ConverterResult(
             tool=f"torch.onnx ({route} exporter)",
             versions=(("torch", torch.__version__),),
-            detail=(detail + "; " if detail else "") + f"{route} exporter{how}, opset {opset}",
+            detail=(detail + "; " if detail else "") + f"{route} exporter{how}, opset {opset}{baked}",
             warnings=tuple(warns),
         )
     hint = f"; {_STATIC_HINT}" if fixes else ""
@@ -262,10 +301,10 @@ def _specs_or_fail(given: tuple[TensorSpec, ...], declared: tuple[TensorSpec, ..
 
 @register("torch-module", "onnx", "torch.onnx export")
 def module_to_onnx(src: str, out: str, options: ConvertOptions) -> ConverterResult:
-    from modelport.formats.torch_module import build_module
+    from modelport.formats.torch_module import bind_constants, build_module
 
-    module = build_module(src, options.weights)
-    specs = _with_dynamic_batch(_specs_or_fail(options.inputs, (), src), options.dynamic_batch)
+    module, given, _ = bind_constants(build_module(src, options.weights), options.inputs, src)
+    specs = _with_dynamic_batch(_specs_or_fail(given, (), src), options.dynamic_batch)
     return export_torch(module, specs, out, options, src)
 
 
@@ -276,7 +315,7 @@ def torchscript_to_onnx(src: str, out: str, options: ConvertOptions) -> Converte
 
     runner = TorchScriptRunner(src, LoadOptions(inputs=options.inputs))
     specs = _with_dynamic_batch(runner.signature.inputs, options.dynamic_batch)
-    return export_torch(runner.module, specs, out, options, src)
+    return export_torch(runner.fn, specs, out, options, src)  # the module, bound to any constants
 
 
 @register("torch-export", "onnx", "torch.onnx export")

@@ -26,6 +26,9 @@ FORMATS: dict[str, str] = {
     "keras": "modelport.formats.keras_format",
     "savedmodel": "modelport.formats.savedmodel",
     "tflite": "modelport.formats.tflite",
+    "caffe": "modelport.formats.caffe_format",  # by suffix: a .prototxt (its .caffemodel beside it)
+    "paddle": "modelport.formats.paddle_format",  # NAME.json (PIR) or NAME.pdmodel, with NAME.pdiparams
+    "paddle-layer": "modelport.formats.paddle_layer",  # file.py:Name importing paddle, with --weights .pdparams
     "openvino": "modelport.formats.openvino_format",
 }
 
@@ -51,7 +54,7 @@ def detect(path: str | Path, fmt: str | None = None) -> str:
         module_for(fmt)
         return fmt
     if split_module_spec(str(path)):
-        return "torch-module"
+        return "paddle-layer" if module_for("paddle-layer").detect(Path(path)) else "torch-module"
     p = Path(path)
     if not p.exists():
         raise BadInputError("no such file or directory", path=path)
@@ -83,7 +86,9 @@ def refuse_pickles(p: Path) -> None:
     if not p.is_file():
         return
     if read_head(p, 1) == b"\x80":
-        raise UnsafeError("refusing to unpickle a plain pickle file (it could run arbitrary code)", path=p)
+        raise UnsafeError("refusing to unpickle a plain pickle file (it could run arbitrary code); "
+                          "`modelport scan FILE` lists what it would import, `modelport convert FILE "
+                          "--to safetensors` rebuilds a torch checkpoint's tensors without running it", path=p)
     names = zip_names(p)
     if names and any(n.endswith("data.pkl") for n in names):
         from modelport.formats.torch_module import load_state_dict

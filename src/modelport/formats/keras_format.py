@@ -38,7 +38,10 @@ def keras_module():
 
 
 def load_keras(path: str):
+    from modelport.security.loaders import check_keras_file
+
     keras = keras_module()
+    check_keras_file(path)  # the config against keras' own layer classes, before Keras reads it (exit 4)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except ValueError as exc:

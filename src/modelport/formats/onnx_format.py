@@ -35,13 +35,11 @@ def detect(path: Path) -> bool:
 
 
 def _read(path: str | Path, *, load_external_data: bool) -> onnx.ModelProto:
-    """The ModelProto in ``path`` as it is, protobuf errors turned into a one-line BadInputError."""
-    try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
-    except FileNotFoundError as exc:
-        raise BadInputError(f"missing external data file ({exc.filename})", path=path) from None
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise BadInputError(f"corrupt or truncated ONNX file ({type(exc).__name__})", path=path) from None
+    """The ModelProto in ``path`` as it is, protobuf errors turned into a one-line BadInputError; external
+    data that escapes the model's directory is refused (UnsafeError) before anything opens it."""
+    from modelport.security.loaders import read_onnx
+
+    model = read_onnx(path, load_external_data=load_external_data)
     if not model.graph.node and not model.graph.output:
         raise BadInputError("corrupt or truncated ONNX file (empty graph)", path=path)
     return model
@@ -275,7 +273,12 @@ def np_dtype(elem_type: int) -> str:
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
     except Exception:
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
+        try:
+            return onnx.TensorProto.DataType.Name(elem_type).lower()
+        except ValueError:  # no such element type: a corrupt file
+            from modelport.errors import BadInputError
+
+            raise BadInputError(f"corrupt ONNX file (unknown tensor element type {elem_type})") from None
 
 
 def value_spec(vi: onnx.ValueInfoProto) -> TensorSpec:

@@ -30,9 +30,11 @@ def natural_key(name: str) -> list:
 
 def load_signature_fn(path: str):
     from modelport.formats.keras_format import quiet_tf_env
+    from modelport.security.loaders import check_savedmodel
 
     quiet_tf_env()
     tf = require("tensorflow", "tf", "TensorFlow SavedModels")
+    check_savedmodel(path)  # ops that touch files, the network or Python: refused unless trusted (exit 4)
     try:
         loaded = tf.saved_model.load(path)
     except Exception as exc:

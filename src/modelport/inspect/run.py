@@ -69,6 +69,7 @@ class InspectReport:
     macs_by_op: dict[str, int] = dataclasses.field(default_factory=dict)
     onnx: OnnxDetails | None = None
     notes: tuple[str, ...] = ()
+    custom_ops: dict[str, int] = dataclasses.field(default_factory=dict)  # TFLite: custom op -> uses
 
     # Read-only aliases that the CLI's renderer reads (not part of the JSON).
     @property
@@ -143,7 +144,10 @@ def _itemsize(elem_type: int) -> float:
     import onnx
     from onnx import helper
 
-    name = onnx.TensorProto.DataType.Name(elem_type).lower()
+    try:
+        name = onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:  # no such data type (a corrupt file): counted as no bytes
+        return 0.0
     if name in _SUB_BYTE:
         return _SUB_BYTE[name]
     if name == "string":
@@ -540,10 +544,16 @@ def _inspect_savedmodel(path: str, fmt: str, size: int, options: LoadOptions) ->
 
 
 def _inspect_tflite(path: str, fmt: str, size: int, options: LoadOptions) -> InspectReport:
+    from modelport.security.loaders import tflite_custom_ops
+
+    custom = tflite_custom_ops(path)  # from the flatbuffer: they run only where the runtime registers a kernel
     with open_runner(path, fmt, options) as runner:
         sig = runner.signature
         interp = runner.interp
-        ops = interp._get_ops_details()
+        try:
+            ops = interp._get_ops_details()
+        except UnicodeDecodeError:  # an op name the flatbuffer stores is not UTF-8
+            raise BadInputError("corrupt TFLite flatbuffer (an operator name is not UTF-8)", path=path) from None
         tensors = {t["index"]: t for t in interp.get_tensor_details()}
         produced = {i for op in ops for i in op["outputs"]}
         graph_inputs = {d["index"] for d in interp.get_input_details()}
@@ -564,7 +574,7 @@ def _inspect_tflite(path: str, fmt: str, size: int, options: LoadOptions) -> Ins
         params += numel
         nbytes += numel * dtype.itemsize
     notes = ("parameters are the constant tensors ops read", "MACs not computed for TFLite")
-    return InspectReport(path, fmt, size, sig, params, nbytes, len(ops), histogram, notes=notes)
+    return InspectReport(path, fmt, size, sig, params, nbytes, len(ops), histogram, notes=notes, custom_ops=custom)
 
 
 def _inspect_generic(path: str, fmt: str, size: int, options: LoadOptions) -> InspectReport:

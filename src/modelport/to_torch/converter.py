@@ -62,7 +62,9 @@ for _name in ("UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2"):
 def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
-    return onnx.load(os.fspath(model))
+    from modelport.security.loaders import read_onnx
+
+    return read_onnx(os.fspath(model))  # external data that escapes the model's directory is refused
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:

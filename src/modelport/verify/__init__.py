@@ -8,7 +8,7 @@ import numpy as np
 
 from modelport.artifact import TensorSpec
 from modelport.errors import BadInputError
-from modelport.formats import LoadOptions, Runner, open_runner
+from modelport.formats import LoadOptions, Runner, detect, open_runner
 from modelport.inputs import check_feeds, load_npz, make_inputs
 from modelport.verify.parity import OutputParity, ParityReport, RunParity, compare_outputs, match_names
 
@@ -91,6 +91,7 @@ def compare_runners(
     tolerances: dict[str, tuple[float, float]] | None = None,
     keep_failure: Path | None = None,
     capture: list | None = None,
+    noise_floor: bool | None = None,
 ) -> ParityReport:
     """Run A and B on the same inputs; A is the reference.
 
@@ -99,22 +100,30 @@ def compare_runners(
     ``tolerances``: (rtol, atol) per output name of A. ``keep_failure``: where to write the
     first failing input set and both outputs (.npz) when parity fails. ``capture``: a list that
     receives ``(feed, A's outputs, B's outputs)`` of the first failing run, else of the first run.
+    ``noise_floor``: where A is ONNX and a float output misses the tolerance, judge it against A's own
+    noise floor too (``modelport.verify.noise``); None follows ``noise.enabled`` (on by default).
     """
+    from modelport.verify.noise import NoiseJudge
+
     mapping = match_names(a.signature.input_names, b.signature.input_names, "inputs")
     bounds_b = b.index_bounds()  # a fallback where A cannot tell (e.g. a torch module vs its ONNX)
     bounds = {name_a: bounds_b[name_b] for name_a, name_b in mapping.items() if name_b in bounds_b}
     feeds, source = feeds_for(a, inputs=inputs, dims=dims, seed=seed, bounds=bounds, specs=specs)
+    judge = NoiseJudge(a, noise_floor)
     runs, kept = [], None
     for feed in feeds:
         ref = a.run(feed)
         got = b.run(_rename(feed, mapping, b.signature.inputs))
         shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
-        runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)))
+        outputs = compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)
+        outputs = judge(feed, ref, got, outputs, rtol=rtol, atol=atol, per_output=tolerances)
+        runs.append(RunParity(shapes, outputs))
         if capture is not None and (not capture or (not runs[-1] and all(runs[:-1]))):
             capture[:] = [(feed, ref, got)]
         if not runs[-1] and keep_failure is not None and kept is None:
             keep_failure_file(keep_failure, feed, ref, got)
             kept = str(keep_failure)
+    judge.close()
     ok = all(runs)
     return ParityReport(a.path, b.path, a.format, b.format, tuple(runs), ok, source, failure_file=kept)
 
@@ -135,6 +144,7 @@ def verify(
     tolerances: dict[str, tuple[float, float]] | None = None,
     keep_failure: str | Path | None = None,
     capture: list | None = None,
+    noise_floor: bool | None = None,
 ) -> ParityReport:
     """Compare two artifacts of any formats on the same inputs.
 
@@ -147,6 +157,10 @@ def verify(
         rtol, atol: tolerances; defaults depend on the output dtype.
         tolerances: (rtol, atol) per output name of A, over rtol/atol.
         keep_failure: where to write the failing inputs and both outputs (.npz) if parity fails.
+        noise_floor: judge A's ill-conditioned outputs against A's own noise floor (A ONNX; default on).
+
+    Python constants among the input specs (``sr=16000``: forward parameters of a PyTorch side)
+    reach only the PyTorch sides; an exported model has them baked in.
 
     Returns:
         A ParityReport; ``bool(report)`` is the verdict.
@@ -155,8 +169,27 @@ def verify(
         a_options = LoadOptions()
     if b_options is None:
         b_options = LoadOptions(inputs=a_options.inputs)
+    a_format, b_format = detect(a, a_format), detect(b, b_format)
+    a_options, b_options = _constants_for(a_format, a_options), _constants_for(b_format, b_options)
     with open_runner(a, a_format, a_options) as ra, open_runner(b, b_format, b_options) as rb:
         if not ra.signature.inputs:
             raise BadInputError("model has no inputs to feed", path=a)
         return compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, tolerances=tolerances,
-                               keep_failure=Path(keep_failure) if keep_failure is not None else None, capture=capture)
+                               keep_failure=Path(keep_failure) if keep_failure is not None else None, capture=capture,
+                               noise_floor=noise_floor)
+
+
+# Formats whose forward takes Python constants (--input sr=16000); the others have them baked in.
+_TAKES_CONSTANTS = ("torch-module", "torchscript")
+
+
+def _constants_for(fmt: str, options: LoadOptions) -> LoadOptions:
+    """The options without Python constants, for a side whose format cannot take them."""
+    import dataclasses
+
+    from modelport.inputs import split_constants
+
+    tensors, constants = split_constants(options.inputs)
+    if not constants or fmt in _TAKES_CONSTANTS:
+        return options
+    return dataclasses.replace(options, inputs=tensors)

@@ -7,6 +7,13 @@ An output passes when ``max|a - b| <= atol + rtol * max|ref|``, its non-finite v
 every row where the reference's top-2 margin exceeds the tolerance (disagreements on near-ties are
 reported, not failed); integer and bool outputs must match exactly. Default tolerances by dtype: fp32 rtol 1e-4 / atol 1e-5, fp16
 rtol 1e-2 / atol 1e-3.
+
+Where the reference's own noise floor was measured (``modelport.verify.noise``: the reference
+computed another legitimate way, e.g. onnxruntime without graph optimizations), the elementwise
+bound becomes ``max(atol + rtol * max|ref|, NOISE_FACTOR * noise_floor)``: an output whose
+reference is ill-conditioned (near zero, or the difference of large nearly equal values) is judged
+against how much the reference itself moves, and the report says so. Non-finite values, top-1 and
+integers are judged as before, and a negative tolerance (a comparison meant to fail) is never widened.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import numpy as np
 from modelport.errors import BadInputError
 
 __all__ = ["OutputParity", "RunParity", "ParityReport", "default_tolerance", "compare_outputs", "match_names",
-           "parse_tolerances"]
+           "parse_tolerances", "NOISE_FACTOR"]
+
+# A candidate may differ from the reference by this many times the reference's own noise floor.
+NOISE_FACTOR = 4.0
 
 TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-7, 1e-9), "float16": (1e-2, 1e-3), "bfloat16": (2e-2, 1e-2)}
 
@@ -43,9 +53,26 @@ class OutputParity:
     atol: float
     ok: bool
     reason: str = ""
+    noise_floor: float | None = None  # max |reference - the reference computed another way|, when measured
+    noise_floor_rel: float | None = None  # the same over max |reference|
+    noise_source: str = ""  # how it was measured, e.g. "onnxruntime optimized vs unoptimized"
+    noise_factor: float | None = None  # the candidate may differ by this many noise floors
+    noise_judged: bool = False  # passed only because the noise floor exceeds the tolerance
 
     def __bool__(self) -> bool:
         return self.ok
+
+    def noise_line(self) -> str:
+        """'output 'y': judged against the reference's own noise floor 1.7e-03 rel (...)', or '' when none was measured."""
+        if self.noise_floor is None or self.noise_factor is None:
+            return ""
+        floor = (f"{self.noise_floor_rel:.1e} rel ({self.noise_floor:.1e} abs; {self.noise_source})"
+                 if self.noise_floor_rel is not None else f"{self.noise_floor:.1e} abs ({self.noise_source})")
+        allowed = self.noise_factor * self.noise_floor
+        outcome = ("within it" if self.noise_judged else "within the tolerance anyway" if self.ok
+                   else "beyond it" if self.max_abs > allowed else "within it, failed otherwise")
+        return (f"output {self.name!r}: judged against the reference's own noise floor {floor}: "
+                f"max abs err {self.max_abs:.1e} vs {self.noise_factor:g} x floor = {allowed:.1e}, {outcome}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +107,23 @@ class ParityReport:
     def failures(self) -> list[OutputParity]:
         return [o for r in self.runs for o in r.outputs if not o.ok]
 
+    @property
+    def noise_judged(self) -> list[OutputParity]:
+        """Outputs that passed only on the reference's own noise floor."""
+        return [o for r in self.runs for o in r.outputs if o.noise_judged]
+
     def summary(self) -> str:
         if self.ok:
             worst = max((o.max_rel for r in self.runs for o in r.outputs), default=0.0)
-            return f"parity ok over {len(self.runs)} input set(s), worst max rel err {worst:.2e}"
+            judged = sorted({o.name for o in self.noise_judged})
+            noise = (f"; {', '.join(map(repr, judged))} judged against the reference's own noise floor"
+                     if judged else "")
+            return f"parity ok over {len(self.runs)} input set(s), worst max rel err {worst:.2e}{noise}"
         bad = self.failures[0]
+        floor = (f"; reference noise floor {bad.noise_floor:.3g} ({bad.noise_source}), "
+                 f"allowed {bad.noise_factor:g}x" if bad.noise_floor is not None else "")
         return (
-            f"parity failed on output {bad.name!r}: {bad.reason or f'max abs err {bad.max_abs:.3g}, max rel err {bad.max_rel:.3g} (rtol {bad.rtol:g}, atol {bad.atol:g})'}"
+            f"parity failed on output {bad.name!r}: {bad.reason or f'max abs err {bad.max_abs:.3g}, max rel err {bad.max_rel:.3g} (rtol {bad.rtol:g}, atol {bad.atol:g}{floor})'}"
         )
 
 
@@ -152,7 +189,9 @@ def _top1(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> tuple[f
     return float(np.mean(~differ)), int((differ & decided).sum()), int((differ & ~decided).sum())
 
 
-def compare_output(name: str, ref: np.ndarray, got: np.ndarray, rtol: float | None, atol: float | None) -> OutputParity:
+def compare_output(name: str, ref: np.ndarray, got: np.ndarray, rtol: float | None, atol: float | None,
+                   noise: tuple[float, str] | None = None) -> OutputParity:
+    """One output's parity; ``noise`` is the reference's (noise floor, how measured), when measured."""
     ref, got = np.asarray(ref), np.asarray(got)
     d_rtol, d_atol = default_tolerance(ref.dtype.name, got.dtype.name)
     rtol = d_rtol if rtol is None else rtol
@@ -170,6 +209,11 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, rtol: float | No
         scale = float(np.abs(ref[np.isfinite(ref)]).max()) if np.isfinite(ref).any() else 0.0
         reasons = [_non_finite_reason(ref, got)]
         within = max_abs <= atol + rtol * scale  # a plain tolerance failure: the summary states the figures
+        floor = None
+        if noise is not None and np.isfinite(noise[0]) and rtol >= 0 and atol >= 0:  # a negative one is meant to fail
+            floor = float(noise[0])
+            judged = not within and max_abs <= NOISE_FACTOR * floor
+            within = within or judged
         if wrong:
             reasons.append(f"top-1 differs on {wrong} of {ref.shape[0]} row(s) where the reference's top-2 margin "
                            "exceeds the tolerance")
@@ -178,7 +222,10 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, rtol: float | No
         failing = [r for r in reasons if r and not r.startswith("note:")]
         ok = within and not failing
         reason = "; ".join(r for r in reasons if r)
-        return OutputParity(name, shape, ref.dtype.name, max_abs, max_rel, mean_abs, cosine, top1, rtol, atol, ok, reason)
+        if floor is None:
+            return OutputParity(name, shape, ref.dtype.name, max_abs, max_rel, mean_abs, cosine, top1, rtol, atol, ok, reason)
+        return OutputParity(name, shape, ref.dtype.name, max_abs, max_rel, mean_abs, cosine, top1, rtol, atol, ok, reason,
+                            floor, floor / scale if scale > 0 else None, noise[1], NOISE_FACTOR, judged and ok)
     # integers and booleans: exact, whatever the float tolerances say
     diff = np.abs(ref.astype(np.int64) - got.astype(np.int64)) if ref.size else np.zeros(0)
     max_abs = float(diff.max()) if diff.size else 0.0
@@ -196,15 +243,17 @@ def compare_outputs(
     rtol: float | None = None,
     atol: float | None = None,
     per_output: dict[str, tuple[float, float]] | None = None,
+    noise_floors: dict[str, tuple[float, str]] | None = None,
 ) -> tuple[OutputParity, ...]:
     """Compare B's outputs to A's (the reference), matched by name else by position.
 
     ``per_output`` gives (rtol, atol) for named outputs of A, over ``rtol``/``atol`` and the dtype defaults.
+    ``noise_floors`` gives the reference's own (noise floor, how measured) by output name of A.
     """
     mapping = match_names(list(ref), list(got), "outputs")
     check_tolerance_names(per_output, list(ref))
-    tol = per_output or {}
-    return tuple(compare_output(n, ref[n], got[mapping[n]], *tol.get(n, (rtol, atol))) for n in ref)
+    tol, floors = per_output or {}, noise_floors or {}
+    return tuple(compare_output(n, ref[n], got[mapping[n]], *tol.get(n, (rtol, atol)), floors.get(n)) for n in ref)
 
 
 def check_tolerance_names(per_output: dict[str, tuple[float, float]] | None, outputs: list[str]) -> None:
