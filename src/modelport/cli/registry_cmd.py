@@ -137,8 +137,7 @@ def list_versions(
 ) -> None:
     """List the versions in the registry (of NAME).
 
-    With --json: {"registry": URL, "entries": [one object per version, as `show --json` prints it]};
-    the top-level "versions" key holds the tool versions, as in every command's JSON.
+    With --json: {"registry": URL, "entries": the versions, each as `show --json` prints it}; the top-level "versions" key holds the tool versions, as in every command's JSON.
     """
     with _open(registry) as reg:
         versions = reg.versions(name)
