@@ -63,7 +63,8 @@ def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
     with contextlib.suppress(OSError):  # some file systems cannot fsync a directory; the rename still holds
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -262,9 +263,9 @@ class BlobStore:
         new_shard = not target.parent.is_dir()
         target.parent.mkdir(parents=True, exist_ok=True)
         if new_shard:
-            _fsync_dir(self._objects)
+            fsync_dir(self._objects)
         os.replace(tmp_name, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     @staticmethod
     def _copy_range(fh: BinaryIO, offset: int, length: int, sinks: Sequence[Callable[[bytes], object]]) -> None:

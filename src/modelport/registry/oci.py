@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import BadInputError, CheckFailedError
+from modelport.registry.blobs import fsync_dir
 
 __all__ = ["OciExport", "write_layout", "read_layout", "unpack", "export", "MEDIA_MANIFEST", "MEDIA_INDEX",
            "MEDIA_CONFIG", "MEDIA_FILE", "ARTIFACT_TYPE", "LINEAGE_ANNOTATION"]
@@ -77,15 +78,6 @@ def media_type(rel: str) -> str:
     return f"{MEDIA_FILE}+{kind}" if kind else MEDIA_FILE
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class _Blobs:
     """``blobs/sha256`` of one layout: content-addressed, landed temp + fsync + rename."""
 
@@ -112,7 +104,7 @@ class _Blobs:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def put_bytes(self, data: bytes) -> dict[str, Any]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -209,7 +201,7 @@ def write_layout(model: Path | str, out: Path | str, *, tag: str, config: dict[s
         _write_json(root / "index.json", index)
         if fresh:
             _write_json(root / "oci-layout", {"imageLayoutVersion": "1.0.0"})
-            _fsync_dir(root)
+            fsync_dir(root)
             if out.exists():  # an empty directory: replace it
                 out.rmdir()
             os.replace(root, out)
