@@ -130,6 +130,12 @@ def make_inputs(
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a data file: an .npz, or a MindRecord file (``.mindrecord``: one array per field,
+    the rows on axis 0, read in the `mindspore` toolchain by ``modelport.data.mindrecord``)."""
+    if str(path).lower().endswith(".mindrecord"):
+        from modelport.data.mindrecord import read_mindrecord
+
+        return read_mindrecord(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -156,6 +162,9 @@ def check_feeds(feeds: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], sou
             parts.append(f"missing inputs {missing}")
         if unknown:
             parts.append(f"unknown keys {unknown}")
+        if str(source).lower().endswith(".mindrecord"):  # a MindRecord file's schema: name its fields
+            raise BadInputError(f"the MindRecord schema's fields {sorted(feeds)} do not match the model's "
+                                f"inputs {sorted(want)}: {'; '.join(parts)}", path=source)
         raise BadInputError(f"{'; '.join(parts)} (the model's inputs: {sorted(want)})", path=source)
     out = {}
     for spec in specs:
