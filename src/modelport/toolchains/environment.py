@@ -102,6 +102,15 @@ class Toolchain:
             return tuple(_norm(n) for n in m.group(1).split())
         return tuple(_norm(p.group(1)) for p in (_PIN.match(ln.strip()) for ln in text.splitlines()) if p)
 
+    def find_links(self) -> tuple[str, ...]:
+        """Folders of wheels the lock needs besides the index (a torch CPU build): ``NAME.in``'s
+        ``# find-links: DIR ...`` line, ``$VAR``s expanded; folders that do not exist are left out."""
+        source = self.lock.with_suffix(".in")
+        text = source.read_text(encoding="utf-8") if source.is_file() else ""
+        m = re.search(r"^# find-links:(.*)$", text, re.M)
+        dirs = (os.path.expanduser(os.path.expandvars(d)) for d in (m.group(1).split() if m else ()))
+        return tuple(dict.fromkeys(d for d in dirs if "$" not in d and os.path.isdir(d)))
+
 
 @dataclasses.dataclass(frozen=True)
 class Installed:
@@ -289,17 +298,18 @@ def _build(tc: Toolchain, tmp: Path) -> dict[str, str]:
     """Create the venv in tmp and install the lock into it; returns the installed versions."""
     uv = find_uv()
     python = tmp / "bin" / "python"
+    links = [a for d in tc.find_links() for a in ("--find-links", d)]
     if uv:
         _run([uv, "venv", "--quiet", "--relocatable", "--python", sys.executable, str(tmp)], "venv", tc.name)
         _run([uv, "pip", "install", "--quiet", "--python", str(python), "--require-hashes", "--no-deps",
-              "-r", str(tc.lock)], "uv pip install", tc.name)
+              *links, "-r", str(tc.lock)], "uv pip install", tc.name)
     elif importlib.util.find_spec("pip") is not None:  # our pip installs into it: no ensurepip (slow)
         _run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], "venv", tc.name)
         _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--require-hashes",
-              "--no-deps", "-r", str(tc.lock)], "pip install", tc.name)
+              "--no-deps", *links, "-r", str(tc.lock)], "pip install", tc.name)
     else:
         _run([sys.executable, "-m", "venv", str(tmp)], "venv", tc.name)
-        _run([str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(tc.lock)],
+        _run([str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", *links, "-r", str(tc.lock)],
              "pip install", tc.name)
     proc = subprocess.run([str(python), "-I", "-c", _VERSIONS], capture_output=True, text=True)
     if proc.returncode != 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from modelport.toolchains.environment import LOCKS, find_uv
+from modelport.toolchains.environment import LOCKS, Toolchain, find_uv
 
 PYTHON_VERSION = "3.11"
 
@@ -24,8 +24,9 @@ def compile_lock(name: str, *, upgrade: bool = False) -> int:
     if uv is None:
         print("uv is needed to compile a lock (pip install uv)", file=sys.stderr)
         return 2
+    links = [a for d in Toolchain(name, LOCKS / f"{name}.txt").find_links() for a in ("--find-links", d)]
     cmd = [uv, "pip", "compile", "--quiet", "--generate-hashes", "--python-version", PYTHON_VERSION,
-           "--no-header", *(["--upgrade"] if upgrade else []), f"{name}.in", "-o", f"{name}.txt"]
+           "--no-header", *(["--upgrade"] if upgrade else []), *links, f"{name}.in", "-o", f"{name}.txt"]
     return subprocess.run(cmd, cwd=LOCKS).returncode
 
 
