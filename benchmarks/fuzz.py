@@ -15,14 +15,21 @@ mutated and the archive rewritten; the central directory hit), JSON documents (a
 with another type, a huge number, a long string, deep nesting; a key deleted), flatbuffer words
 (4-byte offsets and lengths), the safetensors header and its length prefix.
 
-Inputs run in forked worker processes (workers import the frameworks themselves, once), each under
-``signal.alarm`` and a parent-side deadline: > 10 s is a hang (the worker is killed and replaced).
+Inputs run in worker processes forked from a per-loader supervisor that has imported the loader's
+frameworks once (so a worker replaced after a crash or a hang starts in milliseconds, not after another
+TensorFlow or torch import), each input under a CPU-time timer (``ITIMER_PROF``) and a parent-side
+deadline: more than 10 s of CPU time on one input is a hang, and so is no answer in 60 s of wall
+time (a worker blocked without using CPU); the worker is killed and replaced. Hangs are judged on
+CPU time because wall time is not the input's: on a loaded machine, under ``nice``, a worker may
+wait many seconds for a core (a 16 s wall-clock deadline flagged a TFLite input that loads in
+milliseconds, on a 2-core machine at load 16).
 A worker that dies (a signal: a segfault in native code) is a crash of the input it held. The
 outcome of an input is ``accepted`` (the loader returned), ``refused`` (a ModelportError: the clean,
 one-line refusal the CLI prints) or ``crash`` (any other exception). Every crash and hang is saved
 under ``OUT/crashes/LOADER/`` (the mutated file, and a .txt with the traceback), and the table
-lists per loader: inputs, accepted, refused, crashes, hangs, peak RSS (the largest worker RSS) and
-inputs per second. Deterministic: input ``i`` of a loader is a function of ``--seed``, the
+lists per loader: inputs, accepted, refused, crashes, hangs, peak RSS (the largest worker RSS), the
+start-up time (imports, seeds) and inputs per second after start-up. ``--until HH:MM`` stops handing
+out inputs at that time (the row says so). Deterministic: input ``i`` of a loader is a function of ``--seed``, the
 loader and ``i``.
 
   python benchmarks/fuzz.py --per-loader 10000 --out /tmp/fuzz       # the full run
@@ -57,7 +64,8 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-HANG_SECONDS = 10
+HANG_SECONDS = 10  # of CPU time on one input
+WALL_HANG_SECONDS = 60  # of wall time with no answer (a worker blocked, or starved beyond reason)
 
 
 # =========================================================================== mutators
@@ -830,7 +838,7 @@ class Loader:
 
 
 LOADERS: dict[str, Loader] = {l.name: l for l in (
-    Loader("onnx", _seed_onnx, _run_onnx, ("onnx", "onnxruntime", "sympy", "torch"),
+    Loader("onnx", _seed_onnx, _run_onnx, ("onnx", "onnxruntime", "sympy", "torch", "onnx_ir", "onnxscript.optimizer"),
            "check_onnx_file + inspect (detect, signature, params) + open_runner().signature()"),
     Loader("keras", _seed_keras, _run_keras, ("keras",), "check_keras_file (config allow-list) + open_runner (load)"),
     Loader("savedmodel", _seed_savedmodel, _run_savedmodel, ("tensorflow.core.protobuf.saved_model_pb2",),
@@ -876,12 +884,12 @@ def _place(seed: Seed, data: bytes, scratch: Path) -> Path:
 
 
 def run_input(loader: Loader, seed: Seed, data: bytes, scratch: Path) -> tuple[str, str]:
-    """(outcome, detail): accepted | refused | crash | hang. In this process, with signal.alarm for hangs."""
+    """(outcome, detail): accepted | refused | crash | hang. In this process, with a CPU-time timer for hangs."""
     from modelport.errors import ModelportError
 
     path = _place(seed, data, scratch)
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(HANG_SECONDS)
+    old = signal.signal(signal.SIGPROF, _alarm)
+    signal.setitimer(signal.ITIMER_PROF, HANG_SECONDS)  # CPU time of this process (all its threads)
     try:
         with open(os.devnull, "w") as null:
             import contextlib
@@ -890,7 +898,7 @@ def run_input(loader: Loader, seed: Seed, data: bytes, scratch: Path) -> tuple[s
                 loader.run(path, seed)
         return "accepted", ""
     except _Hang as exc:
-        return "hang", f"still running after {HANG_SECONDS} s, in:\n{exc}"
+        return "hang", f"still running after {HANG_SECONDS} s of CPU time, in:\n{exc}"
     except ModelportError as exc:
         text = str(exc)
         if "\n" in text.strip():
@@ -901,24 +909,29 @@ def run_input(loader: Loader, seed: Seed, data: bytes, scratch: Path) -> tuple[s
             raise
         return "crash", "".join(traceback.format_exception(exc))[-6000:]
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old)
 
 
-def _worker(conn: Connection, loader: Loader, seeds: list[Seed], scratch: Path) -> None:
+def _warm(loader: Loader) -> None:
+    """Import the loader's frameworks (no model is loaded: nothing starts a thread pool before a fork)."""
     import importlib
     import warnings
 
     warnings.simplefilter("ignore")
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)  # native code logs from C++
     with _quiet():
         for mod in loader.warm:
             try:
                 importlib.import_module(mod)
             except ImportError:
                 pass
+
+
+def _worker(conn: Connection, loader: Loader, seeds: list[Seed], scratch: Path) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)  # native code logs from C++
+    _warm(loader)  # a no-op when forked from a warmed supervisor
     for i, seed in enumerate(seeds):  # lazy imports on the loader's path happen now, not under an input's alarm
         try:
             with open(os.devnull, "w") as null:
@@ -940,6 +953,15 @@ def _worker(conn: Connection, loader: Loader, seeds: list[Seed], scratch: Path) 
                    time.perf_counter() - t0))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used, from /proc; 0 where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 @dataclasses.dataclass
 class Stats:
     inputs: int = 0
@@ -950,7 +972,9 @@ class Stats:
     peak_rss_kb: int = 0
     base_rss_kb: int = 0
     seconds: float = 0.0
+    startup: float = 0.0  # importing the frameworks and the workers' first loads of the seeds
     slowest: float = 0.0
+    stopped_early: bool = False  # --until came before every input had run
     findings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
@@ -980,8 +1004,15 @@ def _save_finding(out: Path | None, loader: Loader, seeds: list[Seed], idx: int,
 
 
 def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, jobs: int = 2, out: Path | None = None,
-                work: Path, progress: Callable[[str], None] | None = None) -> Stats:
-    """Run ``n`` mutated inputs through ``loader`` in ``jobs`` forked workers."""
+                work: Path, progress: Callable[[str], None] | None = None, until: float | None = None,
+                checkpoint: Callable[[Stats], None] | None = None) -> Stats:
+    """Run ``n`` mutated inputs through ``loader`` in ``jobs`` workers forked from this process.
+
+    Call it in a process that has run ``_warm(loader)`` (``fuzz_in_child`` does): a worker is then a fork of
+    an interpreter that has already imported the frameworks, so starting one, or replacing one after a
+    crash or a hang, costs milliseconds rather than another import of TensorFlow or torch. ``until`` (a
+    ``time.time()``) stops handing out inputs; ``checkpoint`` gets the running stats every 30 s.
+    """
     stats = Stats()
     gen = inputs_for(loader, seeds, n, seed)
     workers: dict[Connection, tuple[int, Any]] = {}  # conn -> (pid, (idx, seed_i, data, started) | None)
@@ -1013,10 +1044,13 @@ def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, job
     t0 = time.perf_counter()
     for _ in range(jobs):
         spawn()
+    stats.startup = time.perf_counter() - t0
     exhausted = False
     last = time.time()
     while workers:
         for conn, (pid, job) in list(workers.items()):
+            if job is None and not exhausted and until is not None and time.time() >= until:
+                exhausted = stats.stopped_early = True
             if job is None and not exhausted:
                 nxt = next(gen, None)
                 if nxt is None:
@@ -1025,7 +1059,7 @@ def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, job
                     serial_idx = stats.inputs
                     stats.inputs += 1
                     conn.send((serial_idx, nxt[0], nxt[1]))
-                    workers[conn] = (pid, (serial_idx, nxt[0], nxt[1], time.time()))
+                    workers[conn] = (pid, (serial_idx, nxt[0], nxt[1], time.time(), _cpu_seconds(pid)))
             if job is None and exhausted and workers[conn][1] is None:
                 conn.send(None)
                 reap(conn, False)
@@ -1037,7 +1071,7 @@ def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, job
             pid, job = workers[conn]
             if job is None:
                 continue
-            idx, seed_i, data, started = job
+            idx, seed_i, data, started, cpu0 = job
             if conn in ready:
                 try:
                     _, outcome, detail, rss, secs = conn.recv()
@@ -1062,17 +1096,57 @@ def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, job
                     else:
                         stats.crashes += 1
                     _save_finding(out, loader, seeds, idx, seed_i, data, outcome, detail, stats)
-            elif now - started > HANG_SECONDS + 5:  # stuck in native code, where the alarm cannot reach
+            elif (cpu := _cpu_seconds(pid) - cpu0) > HANG_SECONDS + 5 or now - started > WALL_HANG_SECONDS:
+                # stuck in native code, where the timer's Python handler cannot run, or blocked
                 reap(conn, True)
                 stats.hangs += 1
-                _save_finding(out, loader, seeds, idx, seed_i, data, "hang", f"no answer in {now - started:.0f} s",
-                              stats)
+                _save_finding(out, loader, seeds, idx, seed_i, data, "hang",
+                              f"no answer after {cpu:.0f} s of CPU time, {now - started:.0f} s of wall time", stats)
                 spawn()
-        if progress and time.time() - last > 30:
+        if time.time() - last > 30:
             last = time.time()
-            progress(f"{loader.name}: {stats.inputs}/{n} inputs, {stats.crashes} crashes, {stats.hangs} hangs")
+            stats.seconds = time.perf_counter() - t0
+            if progress:
+                progress(f"{loader.name}: {stats.inputs}/{n} inputs, {stats.crashes} crashes, {stats.hangs} hangs, "
+                         f"{stats.inputs / max(stats.seconds - stats.startup, 1e-9):.1f}/s")
+            if checkpoint:
+                checkpoint(stats)
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def fuzz_in_child(loader: Loader, seeds: list[Seed], n: int, *, report: Path, **kw: Any) -> Stats:
+    """``fuzz_loader`` in a forked supervisor that imports the loader's frameworks once and forks the workers.
+
+    The calling process stays free of frameworks (each loader gets a fresh supervisor); the supervisor
+    writes its stats to ``report`` every 30 s and at the end, so a run stopped from outside still says
+    how far each loader got.
+    """
+    def write(st: Stats) -> None:
+        tmp = report.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(st)))
+        os.replace(tmp, report)
+
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _warm(loader)
+            warmed = time.perf_counter() - t0
+            st = fuzz_loader(loader, seeds, n, checkpoint=write, **kw)
+            st.startup += warmed
+            st.seconds += warmed
+            write(st)
+            code = 0
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not report.is_file():
+        raise RuntimeError(f"the {loader.name} supervisor failed (status {status})")
+    return Stats(**json.loads(report.read_text()))
 
 
 def build_seeds(loader: Loader, d: Path) -> list[Seed]:
@@ -1103,12 +1177,14 @@ def build_seeds(loader: Loader, d: Path) -> list[Seed]:
 
 
 def table(results: dict[str, Stats]) -> str:
+    """One row per loader; inputs/s counts from the end of start-up (imports and the seeds' first loads)."""
     rows = [f"{'loader':<20} {'inputs':>7} {'accepted':>8} {'refused':>8} {'crashes':>7} {'hangs':>5} "
-            f"{'peak RSS':>9} {'base RSS':>9} {'slowest':>8} {'inputs/s':>8}"]
+            f"{'peak RSS':>9} {'base RSS':>9} {'slowest':>8} {'start-up':>8} {'wall':>7} {'inputs/s':>8}"]
     for name, s in results.items():
         rows.append(f"{name:<20} {s.inputs:>7} {s.accepted:>8} {s.refused:>8} {s.crashes:>7} {s.hangs:>5} "
                     f"{s.peak_rss_kb / 1024:>7.0f}MB {s.base_rss_kb / 1024:>7.0f}MB {s.slowest:>7.2f}s "
-                    f"{s.inputs / max(s.seconds, 1e-9):>8.1f}")
+                    f"{s.startup:>7.1f}s {s.seconds:>6.0f}s {s.inputs / max(s.seconds - s.startup, 1e-9):>8.1f}"
+                    + ("  (stopped by --until)" if s.stopped_early else ""))
     return "\n".join(rows)
 
 
@@ -1119,6 +1195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--out", help="where crashes, hangs and the summary go (default: a temporary directory)")
+    ap.add_argument("--until", help="HH:MM (local time): hand out no input after it; the table says where each "
+                                    "loader stopped")
     ap.add_argument("--replay", help="run this one file through --loader, in this process, and print the outcome")
     ap.add_argument("--loader", help="with --replay: the loader")
     ap.add_argument("--seed-index", type=int, default=0, help="with --replay: which seed's directory to place it in")
@@ -1136,14 +1214,29 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in LOADERS]
     if unknown:
         ap.error(f"unknown loaders {unknown}")
+    until = None
+    if args.until:
+        try:
+            hh, mm = (int(x) for x in args.until.split(":"))
+            now = time.localtime()
+            until = time.mktime((now.tm_year, now.tm_mon, now.tm_mday, hh, mm, 0, 0, 0, -1))
+        except ValueError:
+            ap.error(f"--until {args.until!r}: expected HH:MM")
+        if until < time.time():
+            until += 86400
     results: dict[str, Stats] = {}
     work = Path(tempfile.mkdtemp(prefix="modelport-fuzz-work-"))
+    (out / "running").mkdir(exist_ok=True)
     try:
         for name in names:
             loader = LOADERS[name]
+            if until is not None and time.time() >= until:
+                results[name] = Stats(stopped_early=True)
+                continue
             seeds = build_seeds(loader, out / "seeds" / name)
-            results[name] = fuzz_loader(loader, seeds, args.per_loader, seed=args.seed, jobs=args.jobs, out=out,
-                                        work=work / name, progress=lambda m: print(m, file=sys.stderr, flush=True))
+            results[name] = fuzz_in_child(loader, seeds, args.per_loader, report=out / "running" / f"{name}.json",
+                                          seed=args.seed, jobs=args.jobs, out=out, work=work / name, until=until,
+                                          progress=lambda m: print(m, file=sys.stderr, flush=True))
             s = results[name]
             print(f"{name}: {s.inputs} inputs in {s.seconds:.0f} s, {s.crashes} crashes, {s.hangs} hangs",
                   file=sys.stderr, flush=True)

@@ -213,7 +213,7 @@ def test_json_reports_lose_no_field_to_the_tool_versions(cli, tmp_path, onnx_mod
     listing = report("list", keys={"registry", "entries"})
     assert listing["entries"] == [v1, v2]  # the versions, whole, under "entries"
     assert report("show", "cnn@2", keys=version) == v2
-    report("get", "cnn@1", "-o", tmp_path / "got.onnx", keys={"ref", "path", "files_sha256", "size"})
+    report("get", "cnn@1", "-o", tmp_path / "got.onnx", keys={"ref", "path", "files_sha256", "size", "provenance"})
     report("alias", "set", "cnn", "prod", "2", keys=fields(AliasEvent))
     assert len(report("alias", "history", "cnn", "prod", keys={"name", "alias", "events"})["events"]) == 2
     report("gc", keys=fields(GcReport))

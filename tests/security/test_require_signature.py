@@ -218,3 +218,42 @@ def test_bad_public_key_exit_2(cli, keys, tmp_path):
     model = _external_data_model(tmp_path / "m")
     _one_line(cli("inspect", model, "--require-signature", keys[0]), 2, "this is a private key")
     _one_line(cli("inspect", model, "--require-signature", tmp_path / "nope.pub"), 2, "no such public key file")
+
+
+def _pickle_checkpoint(path: Path) -> Path:
+    """A real torch checkpoint (a zip of data.pkl + storages): what `scan` reads."""
+    import torch
+
+    torch.save({"w": torch.arange(6.0).reshape(2, 3)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("command", ["scan", "registry add", "scrub"])
+def test_scan_scrub_and_registry_add_refuse_before_reading(cli, keys, watch, tmp_path, command, monkeypatch):
+    from modelport.security.signing import sign
+
+    if command == "scan":
+        model = _pickle_checkpoint(tmp_path / "ckpt.pt")
+        args = ["scan", model]
+    elif command == "scrub":
+        model = _external_data_model(tmp_path / "m")
+        args = ["scrub", model, "-o", tmp_path / "clean.onnx"]
+    else:
+        model = _external_data_model(tmp_path / "m")
+        args = ["registry", "add", model, "--name", "m", "--registry", tmp_path / "reg"]
+    seen = watch(model)
+    _one_line(cli(*args, "--require-signature", keys[1]), 4, "a signature is required", str(model) + ".sig")
+    assert seen[os.path.realpath(model)] == []  # nothing opened it, not even to detect its format
+    assert not (tmp_path / "reg").exists() and not (tmp_path / "clean.onnx").exists()
+    monkeypatch.setenv("MODELPORT_REQUIRE_SIGNATURE", str(keys[1]))  # the environment variable, too
+    _one_line(cli(*args), 4, "a signature is required")
+    assert seen[os.path.realpath(model)] == []
+    sign(model.parent if command != "scan" else model, keys[2])  # signed by another key: refused after hashing only
+    _one_line(cli(*args), 4, "signed with another key")
+    assert _parses(seen) == {model.name: []}
+    sign(model.parent if command != "scan" else model, keys[0])  # the control: signed, it runs and reads the model
+    res = cli(*args)
+    assert res.exit_code == 0, res.stderr
+    assert _parses(seen)[model.name], seen
+    if command == "registry add":
+        assert cli("registry", "list", "--registry", tmp_path / "reg").exit_code == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
+from modelport.cli.sign_cmd import RequireSignatureOpt
 
 registry_app = typer.Typer(
     name="registry",
@@ -74,12 +76,24 @@ def _show_version(v) -> None:
         table.add_row("tag", f"{k}={val}")
     for p in v.parents:
         table.add_row("parent", p)
+    table.add_row("provenance", _provenance_text(v))
     if v.step:
         table.add_row("step", json.dumps(v.step, sort_keys=True)[:400])
     for s in v.lineage:
         verified = {True: "verified", False: "FAILED", None: "unverified"}[s.verified]
         table.add_row("lineage", f"{s.step}: {s.src_format} -> {s.dst_format} ({s.tool}, {verified})")
     console.print(table)
+
+
+def _provenance_text(v) -> str:
+    """signed (by which key id, as the bundle names it) or unsigned."""
+    p = v.provenance
+    if not p:
+        return "unsigned (no provenance stored with it)"
+    ids = ", ".join(k[:16] + "…" for k in p.get("key_ids") or ()) or "no key id"
+    chain = f", with {p['statements'] - 1} earlier step(s)" if p.get("statements", 1) > 1 else ""
+    return (f"signed: {p.get('command', '?')} step by key id {ids}{chain} "
+            f"(check it: modelport provenance verify {v.ref} --pub KEY.pub)")
 
 
 def _event_row(table: Table, e) -> None:
@@ -104,10 +118,13 @@ def add(
     parent: Annotated[Optional[list[str]], typer.Option("--parent", help="A version it was made from, NAME@V (repeatable).")] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why the alias moves (kept in its history).")] = "",
     fmt: Annotated[Optional[str], typer.Option("--format", help="Format, when detection should be skipped.")] = None,
+    provenance: Annotated[Optional[str], typer.Option("--provenance", help="Its signed provenance (default: PATH.intoto.jsonl beside it, if there is one); stored with the version.")] = None,
     registry: RegistryOpt = None,
+    require_signature: RequireSignatureOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Store a model as the next version of NAME (tensors already stored are not stored again)."""
+    from modelport.cli.sign_cmd import require_signed
     from modelport.registry.refs import check_alias, check_name, parse_ref, parse_tag
     from modelport.registry.store import storable_format
 
@@ -118,14 +135,21 @@ def add(
         check_alias(alias)
     for p in parent or ():
         parse_ref(p)
+    require_signed(require_signature, path)  # before anything parses the model (format detection included)
+    if provenance is not None and not Path(provenance).is_file():
+        from modelport.errors import BadInputError
+
+        raise BadInputError("no such provenance file", path=provenance)
     fmt = storable_format(path, fmt)
     with _open(registry, create=True) as reg:
-        version = reg.add(path, name, alias=alias, tags=tags, parents=parent or (), fmt=fmt, reason=reason)
+        version = reg.add(path, name, alias=alias, tags=tags, parents=parent or (), fmt=fmt, reason=reason,
+                          provenance=provenance if provenance is not None else True)
     if as_json:
         emit_report(version.to_dict())
         return
+    signed = ", with its signed provenance" if version.provenance else ""
     console.print(f"added {version.ref} ({version.format}, {_bytes(version.size)}; "
-                  f"{_bytes(version.stored_bytes)} new in the store)"
+                  f"{_bytes(version.stored_bytes)} new in the store{signed})"
                   + (f", {alias} -> {version.number}" if alias else ""), markup=False, soft_wrap=True)
 
 
@@ -172,13 +196,18 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a version's files, byte-identical to what was added."""
+    from modelport.security.provenance import bundle_path
+
     with _open(registry) as reg:
         version = reg.resolve(ref)
         path = reg.get(version, out)
+    bundle = str(bundle_path(path)) if version.provenance else None
     if as_json:
-        emit_report({"ref": version.ref, "path": str(path), "files_sha256": version.files_sha256, "size": version.size})
+        emit_report({"ref": version.ref, "path": str(path), "files_sha256": version.files_sha256, "size": version.size,
+                     "provenance": bundle})
         return
-    console.print(f"{version.ref} -> {path}", markup=False, soft_wrap=True)
+    console.print(f"{version.ref} -> {path}" + (f" (signed provenance: {bundle})" if bundle else ""),
+                  markup=False, soft_wrap=True)
 
 
 @alias_app.command("set")

@@ -9,18 +9,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
 
 
 def register(app: typer.Typer) -> None:
     @app.command("scan")
     def scan(
         path: Annotated[str, typer.Argument(help="A pickle, torch checkpoint, joblib file, zip/tar archive, .npy/.npz, or a directory of them.")],
+        require_signature: RequireSignatureOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """List what every pickle inside PATH imports, without unpickling it: exit 0 when all of it is on the
         allow-list (what torch's weights_only loader permits), 4 naming each offending global and where."""
         from modelport.security.pickles import scan_path
 
+        require_signed(require_signature, path)  # before the scanner reads a byte of it
         report = scan_path(path)
         if as_json:
             emit_json(report.to_dict())

@@ -148,21 +148,38 @@ def register(app: typer.Typer) -> None:
 
     @provenance_app.command("verify")
     def provenance_verify(
-        path: Annotated[str, typer.Argument(help="A model written with --sign (convert, adapt, compress, distill).")],
+        path: Annotated[str, typer.Argument(help="A model written with --sign (convert, adapt, compress, distill), or a registry version NAME@V.")],
         pub: Annotated[list[str], typer.Option("--pub", help="Public key(s) the statements must be signed with (repeatable).")],
         bundle: Annotated[Optional[str], typer.Option("--provenance", help="The provenance file (default: PATH.intoto.jsonl beside the model).")] = None,
+        registry: Annotated[Optional[str], typer.Option("--registry", help="With NAME@V: the registry (default: $MODELPORT_REGISTRY, else ~/.modelport/registry).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON.")] = False,
     ) -> None:
-        """Verify a model's signed provenance and walk its chain back to the original input; print it."""
+        """Verify a model's signed provenance and walk its chain back to the original input; print it.
+
+        NAME@V (not an existing path) verifies what the registry stored with that version, walking the
+        statements stored with its ancestors where its own bundle does not reach."""
+        from modelport.registry.record import is_registry_ref
         from modelport.security.provenance import verify as verify_chain
 
-        report = verify_chain(path, pub, bundle)
+        if is_registry_ref(path):
+            from modelport.errors import BadInputError
+            from modelport.registry.store import Registry
+            from modelport.security.provenance import verify_ref
+
+            if bundle is not None:
+                raise BadInputError("--provenance is for a model file: a registry version's provenance is stored with it")
+            with Registry.open(registry, create=False) as reg:
+                report = verify_ref(reg, path, pub)
+        else:
+            report = verify_chain(path, pub, bundle)
         if as_json:
             emit_json(report)
             return
         console.print(_chain_table(report))
         for ref in report.originals:
             console.print(f"original input ({ref.role}): {ref.name} {ref.digest}")
+        for note in report.notes:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
         console.print(f"provenance ok: {len(report.steps)} signed step(s) from the original input to {report.path}")
 
     app.add_typer(signature_app, name="signature")

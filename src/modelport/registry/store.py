@@ -55,7 +55,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from modelport.artifact import StepRecord, to_jsonable
-from modelport.errors import BadInputError, CheckFailedError, ModelportError
+from modelport.errors import BadInputError, CheckFailedError, ModelportError, UnsafeError
 from modelport.registry import refs
 from modelport.registry.blobs import BlobError, BlobStore
 
@@ -209,6 +209,14 @@ parents_t = Table(  # lineage edges: child was made from parent
     PrimaryKeyConstraint("child_id", "parent_id"),
     Index("ix_parents_parent", "parent_id"),
 )
+provenance_t = Table(  # the signed provenance bundle (OUT.intoto.jsonl) that came with a version, as a blob
+    "provenance", metadata,
+    Column("version_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("blob", String(64), ForeignKey("blobs.digest"), nullable=False),
+    Column("statements", Integer, nullable=False),
+    Column("key_ids", Text, nullable=False),  # JSON list: the key ids its first statement's signatures name
+    Column("command", String(40), nullable=False),
+)
 
 
 # ---------------------------------------------------------------------------------------- reports
@@ -260,6 +268,9 @@ class Version:
     lineage: tuple[StepRecord, ...] = ()
     step: dict[str, Any] | None = None
     parents: tuple[str, ...] = ()
+    # the signed provenance stored with it: {"blob", "statements", "key_ids", "command"} (None: unsigned);
+    # the key ids are what the bundle claims: ``modelport provenance verify NAME@V --pub KEY`` checks them
+    provenance: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:
@@ -488,12 +499,25 @@ class Registry:
             raise RegistryOpenError(
                 f"cannot open registry {self.url}: schema version {found} is newer than this modelport's ({SCHEMA_VERSION})")
         # (schema migrations, when there is more than one version, run here, explicitly, under the writer lock)
+        self._ensure_tables()
         self._ensure_indexes()
         try:
             self.blobs.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RegistryOpenError(
                 f"cannot open registry {self.url}: blob directory {self.blobs.root}: {exc.strerror or exc}") from None
+
+    def _ensure_tables(self) -> None:
+        """Create the tables added after a store was made (``provenance``; same schema version: a new
+        table changes no row), under the writer lock."""
+        have = set(inspect(self._engine).get_table_names())
+        missing = [t for t in metadata.sorted_tables if t.name not in have]
+        if not missing:
+            return
+        with contextlib.suppress(SQLAlchemyError):  # a store we may not write: reads of the new table then fail
+            with self._writer.begin() as conn:
+                conn.execute(select(meta_t.c.value).where(meta_t.c.key == "lock").with_for_update())
+                metadata.create_all(conn, tables=missing, checkfirst=True)
 
     def _ensure_indexes(self) -> None:
         """Create the indexes added after a store was made (same schema version: an index changes
@@ -624,6 +648,11 @@ class Registry:
                 .join(pv, pv.c.id == parents_t.c.parent_id).join(pn, pn.c.id == pv.c.name_id)
                 .where(parents_t.c.child_id.in_(ids)).order_by(parents_t.c.position)):
             parents.setdefault(child, []).append(f"{pname}@{pnum}")
+        provenance = {vid: {"blob": blob, "statements": n, "key_ids": json.loads(ids), "command": command}
+                      for vid, blob, n, ids, command in conn.execute(
+                          select(provenance_t.c.version_id, provenance_t.c.blob, provenance_t.c.statements,
+                                 provenance_t.c.key_ids, provenance_t.c.command)
+                          .where(provenance_t.c.version_id.in_(ids)))}
         by_id = {}
         for r in rows:
             by_id[r["id"]] = Version(
@@ -631,7 +660,8 @@ class Registry:
                 created_by=r["created_by"], files_sha256=r["files_sha256"], size=r["size"],
                 stored_bytes=r["stored_bytes"], manifest_blob=r["manifest_blob"], filename=r["filename"],
                 tags=tags.get(r["id"], {}), aliases=tuple(aliases.get(r["id"], ())),
-                lineage=_lineage_of(r["lineage"]), step=steps.get(r["id"]), parents=tuple(parents.get(r["id"], ())))
+                lineage=_lineage_of(r["lineage"]), step=steps.get(r["id"]), parents=tuple(parents.get(r["id"], ())),
+                provenance=provenance.get(r["id"]))
         return [by_id[i] for i in ids if i in by_id]
 
     # -- reading -------------------------------------------------------------------------------
@@ -704,6 +734,16 @@ class Registry:
                 .join(names_t, names_t.c.id == versions_t.c.name_id).where(versions_t.c.id == vid)).one()
         return f"{name}@{number}", filename or name.replace("/", "_"), blob
 
+    def provenance_bytes(self, ref: str | Version) -> bytes | None:
+        """The provenance bundle stored with a version (re-hashed), or None when it came without one."""
+        version = ref if isinstance(ref, Version) else self.resolve(ref)
+        if not version.provenance:
+            return None
+        try:
+            return self.blobs.get(version.provenance["blob"])
+        except BlobError as exc:
+            raise RegistryCorruptError(f"{version.ref}: its provenance cannot be read: {exc}") from None
+
     def tensors_of(self, ref: str | Version) -> list[dict]:
         """Every tensor of a version: key, file, digest, dtype, shape, nbytes, blob (and transform)."""
         from modelport.registry.tensors import manifest_tensors
@@ -728,9 +768,13 @@ class Registry:
         return [AliasEvent(name=name, alias=alias, old=r["old"], new=r["new"], who=r["who"], at=_iso(r["at"]),
                            reason=r["reason"], id=r["id"]) for r in rows]
 
-    def get(self, ref: str | Version, out: str | os.PathLike) -> Path:
+    def get(self, ref: str | Version, out: str | os.PathLike, *, provenance: bool = True) -> Path:
         """Write the version's files, byte-identical to what was added, at ``out`` (a new path, or
         an existing directory to write ``out/<original name>`` in); returns the path written.
+
+        A version stored with signed provenance gets it back beside the files, as
+        ``OUT.intoto.jsonl`` (``provenance=False``: not), so ``modelport provenance verify OUT``
+        walks the chain of what was fetched.
 
         The files are rebuilt beside the destination (``registry.tensors.rebuild``) and renamed
         into place once every file matched its recorded checksum (BLAKE3, or SHA-256 for versions
@@ -747,18 +791,34 @@ class Registry:
         # a single-file model may have companions (ONNX external data, an OpenVINO .bin) beside it
         companions = [f["path"] for f in manifest.get("files", []) if f.get("path")] \
             if manifest.get("kind") == "file" else []
-        for target in [dest, *(dest.parent / rel for rel in companions)]:
+        bundle, bundle_dest = None, None
+        if provenance:
+            from modelport.security.provenance import bundle_path
+
+            bundle = self.provenance_bytes(ref if isinstance(ref, Version) else ref_text)
+            bundle_dest = bundle_path(dest) if bundle is not None else None
+        for target in [dest, *(dest.parent / rel for rel in companions), *([bundle_dest] if bundle_dest else [])]:
             if target.exists() or target.is_symlink():
                 raise BadInputError(f"{target} already exists: remove it or choose another output path")
+        tmp = None
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
+            if bundle_dest is not None:  # beside the files before they land, renamed after: never half of the pair
+                tmp = bundle_dest.with_name(f".{bundle_dest.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(bundle)
             rebuild(manifest, self.blobs, dest)
+            if tmp is not None:
+                os.replace(tmp, bundle_dest)
+                tmp = None
         except BlobError as exc:
             raise RegistryCorruptError(f"{ref_text} cannot be materialized: {exc}") from None
         except CheckFailedError as exc:
             raise RegistryCorruptError(f"{ref_text} cannot be materialized: {exc}") from None
         except OSError as exc:
             raise BadInputError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         return dest
 
     # -- writing -------------------------------------------------------------------------------
@@ -794,6 +854,7 @@ class Registry:
         parity: dict[str, Any] | None = None,
         fmt: str | None = None,
         reason: str = "",
+        provenance: str | os.PathLike | bool = True,
     ) -> Version:
         """Store the model at ``path`` as the next version of ``name``.
 
@@ -807,9 +868,13 @@ class Registry:
             parents: the versions it was made from.
             metrics, parity: task metrics and the parity report of that step (kept in the step record).
             fmt: the format, when detection should be skipped.
+            provenance: the signed provenance bundle to store with it; True (default): ``PATH.intoto.jsonl``
+                beside the model when there is one; False: none. A bundle whose first statement's subject
+                is not exactly this model's files is refused (UnsafeError, exit 4), and nothing is added.
         """
         return self._add(path, name, alias=alias, tags=tags, lineage=lineage, step=step, parents=parents,
-                         metrics=metrics, parity=parity, fmt=fmt, reason=reason, reuse=False)[0]
+                         metrics=metrics, parity=parity, fmt=fmt, reason=reason, reuse=False,
+                         provenance=provenance)[0]
 
     def find_or_add(self, path: str | os.PathLike, name: str, *, digest: str | None = None,
                     **add: Any) -> tuple[Version, bool]:
@@ -829,7 +894,8 @@ class Registry:
         return self._add(path, name, reuse=True, **add)
 
     def _add(self, path, name, *, alias=None, tags=None, lineage=None, step=None, parents=(), metrics=None,
-             parity=None, fmt=None, reason="", reuse: bool) -> tuple[Version, bool]:
+             parity=None, fmt=None, reason="", reuse: bool, provenance: str | os.PathLike | bool = True
+             ) -> tuple[Version, bool]:
         from modelport.pipeline.lineage import read_lineage
         from modelport.registry.tensors import decompose, manifest_blobs, manifest_tensors
 
@@ -851,19 +917,37 @@ class Registry:
             record["metrics"] = metrics
         if parity is not None:
             record["parity"] = parity
+        bundle_file, bundle = _bundle_for(src, provenance)
+        if bundle is not None:  # a first check on the files as they are now, before any blob is written
+            from modelport.security.provenance import check_bundle, describe
+
+            check_bundle(bundle, describe(src, "output"), bundle_file)
         for attempt in range(3):
             try:
                 manifest = decompose(src, fmt, self.blobs, known=self._known())
-                manifest_blob = self.blobs.put(_manifest_bytes(manifest))
             except OSError as exc:  # (reading the model is decompose's to report; this is the store failing)
                 raise BadInputError(f"registry {self.url}: cannot store {src}: {exc.strerror or exc}") from None
-            needed = set(manifest_blobs(manifest)) | {manifest_blob}
+            signed = None
+            if bundle is not None:  # checked against the digests of what was stored, before any row names it
+                from modelport.security.provenance import check_bundle, manifest_descriptors
+
+                signed = check_bundle(bundle, manifest_descriptors(manifest, src.name), bundle_file)
+            try:
+                manifest_blob = self.blobs.put(_manifest_bytes(manifest))
+                bundle_blob = self.blobs.put(bundle) if bundle is not None else None
+            except OSError as exc:
+                raise BadInputError(f"registry {self.url}: cannot store {src}: {exc.strerror or exc}") from None
+            needed = set(manifest_blobs(manifest)) | {manifest_blob} | ({bundle_blob} if bundle_blob else set())
+            stored_provenance = None if signed is None else {
+                "blob": bundle_blob, "statements": signed.statements, "key_ids": list(signed.key_ids),
+                "command": signed.command[:40]}
             tensors = manifest_tensors(manifest)
             _pause("blobs-written")
             try:
                 return self._commit_version(
                     name, fmt, src, manifest, manifest_blob, needed, tensors, alias=alias, tags=tags,
-                    lineage=lineage, record=record, parent_refs=parent_refs, reason=reason, reuse=reuse)
+                    lineage=lineage, record=record, parent_refs=parent_refs, reason=reason, reuse=reuse,
+                    provenance=stored_provenance)
             except _Retry:
                 if attempt == 2:
                     raise RegistryCorruptError(
@@ -872,7 +956,7 @@ class Registry:
         raise AssertionError("unreachable")
 
     def _commit_version(self, name, fmt, src, manifest, manifest_blob, needed, tensors, *, alias, tags, lineage,
-                        record, parent_refs, reason, reuse) -> tuple[Version, bool]:
+                        record, parent_refs, reason, reuse, provenance=None) -> tuple[Version, bool]:
         sizes = {}
         with self._write() as conn:
             if reuse:  # find-or-add: looked up again under the lock, so two writers add the files once
@@ -914,6 +998,10 @@ class Registry:
                 conn.execute(parents_t.insert().values(child_id=vid, parent_id=pid, position=i))
             if record or parent_refs:
                 conn.execute(steps_t.insert().values(version_id=vid, record=json.dumps(to_jsonable(record))))
+            if provenance is not None:
+                conn.execute(provenance_t.insert().values(
+                    version_id=vid, blob=provenance["blob"], statements=provenance["statements"],
+                    key_ids=json.dumps(provenance["key_ids"]), command=provenance["command"]))
             if alias is not None:
                 self._move_alias(conn, name_id, alias, vid, reason or f"registry add {name}@{number}", None, at=now)
             _pause("rows-inserted")
@@ -1048,6 +1136,7 @@ class Registry:
             for vid, d in conn.execute(select(version_tensors_t.c.version_id, version_tensors_t.c.digest)
                                        .order_by(version_tensors_t.c.version_id, version_tensors_t.c.position)):
                 vtensors.setdefault(vid, []).append(d)
+            vprov = dict(conn.execute(select(provenance_t.c.version_id, provenance_t.c.blob)).all())
             for r in rows:
                 ref = f"{r['name']}@{r['number']}"
                 mb = r["manifest_blob"]
@@ -1056,7 +1145,7 @@ class Registry:
                     continue
                 try:
                     manifest = json.loads(self.blobs.get(mb))
-                    need = set(manifest_blobs(manifest)) | {mb}
+                    need = set(manifest_blobs(manifest)) | {mb} | ({vprov[r["id"]]} if r["id"] in vprov else set())
                     tensors = manifest_tensors(manifest)
                 except (ValueError, KeyError, TypeError, BlobError) as exc:
                     problems.append(FsckProblem("manifest", ref, f"manifest blob {mb} does not parse: {exc}"))
@@ -1114,6 +1203,23 @@ class Registry:
 def _alias_what(what: str, names: dict[int, str]) -> str:
     head, sep, alias = what.partition(":")
     return f"{names.get(int(head), head)}@{alias}" if sep and head.isdigit() else what
+
+
+def _bundle_for(src: Path, provenance: str | os.PathLike | bool) -> tuple[Path | None, bytes | None]:
+    """(where, bytes) of the provenance bundle to store with the model at ``src`` (see ``Registry.add``)."""
+    if provenance is False or provenance is None:
+        return None, None
+    from modelport.security.provenance import _MAX_BUNDLE_BYTES, bundle_path
+
+    where = bundle_path(src) if provenance is True else Path(provenance)
+    if provenance is True and not where.is_file():
+        return None, None
+    try:
+        if where.stat().st_size > _MAX_BUNDLE_BYTES:
+            raise UnsafeError("refused: provenance bundle larger than 64 MiB", path=where)
+        return where, where.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read the provenance: {exc.strerror or exc}", path=where) from None
 
 
 def storable_format(src: str | os.PathLike, fmt: str | None = None) -> str:

@@ -154,7 +154,12 @@ def _resolve_location(location: str, tensor: str, base: Path, root: str, model_p
     names = [p for p in parts if p not in ("", ".")]
     for i, part in enumerate(names):
         current = current / part
-        if current.is_symlink():
+        try:
+            link = current.is_symlink()
+        except OSError as exc:  # a name too long for the file system, ...
+            raise BadInputError(f"external data path {location[:200]!r} of tensor {tensor!r} cannot be looked up: "
+                                f"{exc.strerror or exc}", path=model_path) from None
+        if link:
             target = os.path.realpath(current)
             if not _inside(target, root):
                 what = "the file" if i == len(names) - 1 else f"the directory {'/'.join(names[: i + 1])!r}"
@@ -239,6 +244,7 @@ def read_onnx(path: str | os.PathLike, *, load_external_data: bool = True):
         raise BadInputError("is a directory, not an ONNX file", path=path) from None
     except Exception as exc:  # protobuf DecodeError and friends
         raise BadInputError(f"corrupt or truncated ONNX file ({type(exc).__name__})", path=path) from None
+    _check_text(model, path)
     check_external_data(model, path)
     if load_external_data:
         try:
@@ -249,6 +255,30 @@ def read_onnx(path: str | os.PathLike, *, load_external_data: bool = True):
             raise BadInputError(f"unreadable external data ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
                                 path=path) from None
     return model
+
+
+def _bytes_in_strings(msg: Any, depth: int = 0) -> str | None:
+    """The first string field of ``msg`` (recursively) that protobuf returned as bytes: not valid UTF-8."""
+    for fd, value in msg.ListFields():
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if fd.type == fd.TYPE_MESSAGE:
+            if depth > 64:
+                return f"{msg.DESCRIPTOR.name} nested more than 64 deep"
+            for item in (value if repeated else (value,)):
+                found = _bytes_in_strings(item, depth + 1)
+                if found:
+                    return found
+        elif fd.type == fd.TYPE_STRING and any(isinstance(v, bytes) for v in (value if repeated else (value,))):
+            return f"{msg.DESCRIPTOR.name}.{fd.name} is not valid UTF-8"
+    return None
+
+
+def _check_text(model: Any, path: object) -> None:
+    """ONNX is proto2: protobuf parses a string field that is not UTF-8 and hands it back as bytes, which
+    every reader of names then trips on. Such a file is corrupt (exit 2), said before anything reads it."""
+    found = _bytes_in_strings(model)
+    if found:
+        raise BadInputError(f"corrupt ONNX file: {found}", path=path)
 
 
 def check_onnx_file(path: str | os.PathLike) -> None:
@@ -500,8 +530,22 @@ def _walk(node: Any, where: _Where, allow: KerasAllowList, path: object, depth: 
 
 
 def check_keras_config(config: Any, *, path: object = None) -> None:
-    """Refuse (UnsafeError) a Keras model config that names anything outside :func:`keras_allow_list`."""
-    _walk(config, _Where(), keras_allow_list(), path)
+    """Refuse (UnsafeError) a Keras model config that names anything outside :func:`keras_allow_list`.
+
+    The names in the message come from the file: line breaks in them are escaped, so the refusal
+    stays one line.
+    """
+    from modelport.errors import ModelportError
+
+    try:
+        _walk(config, _Where(), keras_allow_list(), path)
+    except ModelportError as exc:
+        text = str(exc)
+        if "\n" not in text and "\r" not in text:
+            raise
+        if exc.path and text.startswith(f"{exc.path}: "):
+            text = text[len(exc.path) + 2:]
+        raise type(exc)(text.replace("\r", "\\r").replace("\n", "\\n"), path=exc.path) from None
 
 
 def _read_json(text: bytes | str, what: str, path: object) -> Any:
@@ -514,6 +558,77 @@ def _read_json(text: bytes | str, what: str, path: object) -> Any:
                             path=path) from None
 
 
+H5_READ_SECONDS = 30
+
+
+def _h5_read_attr(p: Path) -> bytes:
+    """b"N" (no model_config), b"B" + its bytes, or b"E" + the exception's name."""
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            raw = f.attrs.get("model_config")
+        if raw is None:
+            return b"N"
+        if isinstance(raw, str):
+            return b"B" + raw.encode("utf-8", "surrogatepass")
+        return b"B" + (raw if isinstance(raw, bytes) else bytes(raw))
+    except Exception as exc:  # noqa: BLE001 - any h5py failure is an unreadable file
+        return b"E" + type(exc).__name__.encode()
+
+
+def _h5_model_config(p: Path, path: object) -> bytes | None:
+    """The ``model_config`` attribute of an HDF5 file, read in a forked child under a deadline.
+
+    libhdf5 loops forever on some corrupt files (found by fuzzing: a few flipped bytes in an .h5 made
+    ``attrs.get`` spin in C, where no signal handler runs), so the attribute is read in a child that
+    is killed after ``H5_READ_SECONDS``: such a file is refused (exit 2) instead of hanging the command.
+    """
+    if not hasattr(os, "fork"):  # pragma: no cover - (not POSIX: read in this process)
+        out = _h5_read_attr(p)
+    else:
+        import select
+        import signal
+        import time
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(r)
+                data = memoryview(_h5_read_attr(p))
+                while data:
+                    data = data[os.write(w, data):]
+            finally:
+                os._exit(0)
+        os.close(w)
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + H5_READ_SECONDS
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    os.kill(pid, signal.SIGKILL)
+                    raise BadInputError(f"cannot load Keras model (the HDF5 reader did not finish in {H5_READ_SECONDS} s: "
+                                        "a corrupt file)", path=path)
+                ready, _, _ = select.select([r], [], [], min(left, 1.0))
+                if ready:
+                    chunk = os.read(r, 1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
+        out = b"".join(chunks)
+    if out[:1] == b"N":
+        return None
+    if out[:1] == b"B":
+        return out[1:]
+    why = out[1:].decode("ascii", "replace") if out[:1] == b"E" else "the reader died"
+    raise BadInputError(f"cannot load Keras model (not a readable HDF5 file: {why})", path=path)
+
+
 def keras_config(path: str | os.PathLike) -> Any | None:
     """The model config of a ``.keras`` archive (``config.json``) or an ``.h5`` file (``model_config``);
     None where the file has none (Keras then refuses it itself)."""
@@ -521,17 +636,10 @@ def keras_config(path: str | os.PathLike) -> Any | None:
     with open(p, "rb") as fh:
         head = fh.read(8)
     if head == b"\x89HDF\r\n\x1a\n":
-        import h5py
-
-        try:
-            with h5py.File(p, "r") as f:
-                raw = f.attrs.get("model_config")
-        except Exception as exc:  # noqa: BLE001 - any h5py failure is an unreadable file
-            raise BadInputError(f"cannot load Keras model (not a readable HDF5 file: {type(exc).__name__})",
-                                path=path) from None
+        raw = _h5_model_config(p, path)
         if raw is None:
             return None
-        return _read_json(raw if isinstance(raw, (bytes, str)) else bytes(raw), "the HDF5 model_config", path)
+        return _read_json(raw, "the HDF5 model_config", path)
     if p.is_dir():
         f = p / "config.json"
         return _read_json(f.read_bytes(), "config.json", path) if f.is_file() else None

@@ -931,7 +931,7 @@ class _Scanner:
         storages = tuple(r + d for r in roots for d in ("data/", ".data/", "constants/"))
         skipped = 0
         for info in infos:
-            if info.is_dir():
+            if info.filename.endswith("/"):  # a directory (info.is_dir() fails on an empty name)
                 continue
             member = f"{where}!{info.filename}"
             if info.filename.startswith(storages) and not info.filename.endswith(".pkl"):
@@ -1132,11 +1132,19 @@ def scan_path(path: str | Path) -> ScanReport:
         if not _scan_file(sc, p, p.name, "file"):
             raise BadInputError("not a pickle, a zip/tar archive or a .npy/.npz file: nothing to scan", path=path)
         files = 1
-        if sc.rec.pickles and sc.rec.pickles[0].where == p.name and zipfile.is_zipfile(p):
+        if sc.rec.pickles and sc.rec.pickles[0].where == p.name and _is_zipfile(p):
             sc.appended_zip(p)  # the file itself is a pickle (not an archive) and yet a zip reader finds a zip
     rec = sc.rec
     return ScanReport(str(path), tuple(rec.pickles), tuple(rec.findings.values()), tuple(rec.errors),
                       tuple(rec.notes), files)
+
+
+def _is_zipfile(p: Path) -> bool:
+    """``zipfile.is_zipfile``, False where it raises (it lets BadZipFile out for a multi-disk end record)."""
+    try:
+        return zipfile.is_zipfile(p)
+    except _ZIP_ERRORS:
+        return False
 
 
 def _head(p: Path, n: int) -> bytes:

@@ -33,6 +33,7 @@ came with provenance is the subject of a statement in the chain, back to the ori
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -55,10 +56,15 @@ __all__ = [
     "ProvenanceReport",
     "ProvenanceSigner",
     "ProvenanceStep",
+    "StoredProvenance",
+    "bundle_lines",
     "bundle_path",
+    "check_bundle",
+    "manifest_descriptors",
     "describe",
     "verdict_summary",
     "verify",
+    "verify_ref",
 ]
 
 BUNDLE_SUFFIX = ".intoto.jsonl"
@@ -258,15 +264,24 @@ def _read_lines(path: Path) -> list[str]:
     try:
         if path.stat().st_size > _MAX_BUNDLE_BYTES:
             raise UnsafeError("refused: provenance bundle larger than 64 MiB", path=path)
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise BadInputError(f"cannot read the provenance: {exc.strerror or exc}", path=path) from None
+    return bundle_lines(data, path)
+
+
+def bundle_lines(data: bytes, where: str | Path) -> list[str]:
+    """The non-empty lines of a provenance bundle's bytes; UnsafeError (exit 4) when too large or not UTF-8."""
+    if len(data) > _MAX_BUNDLE_BYTES:
+        raise UnsafeError("refused: provenance bundle larger than 64 MiB", path=where)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UnsafeError("refused: the provenance is not UTF-8 JSON lines", path=path) from None
+        raise UnsafeError("refused: the provenance is not UTF-8 JSON lines", path=where) from None
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _parse_line(line: str, index: int, path: Path) -> dict[str, Any]:
+def _parse_line(line: str, index: int, path: Path | str) -> dict[str, Any]:
     try:
         from modelport.security.jsonsafe import loads
 
@@ -492,6 +507,7 @@ class ProvenanceReport:
     steps: tuple[ProvenanceStep, ...]
     originals: tuple[ArtifactRef, ...]
     ok: bool = True
+    notes: tuple[str, ...] = ()  # (a registry walk) links followed or not followed through ancestors' statements
 
     def __bool__(self) -> bool:
         return self.ok
@@ -502,9 +518,13 @@ def _ref(d: Mapping[str, Any]) -> ArtifactRef:
     return ArtifactRef(str(d.get("name", "?")), str(ann.get("role", "")), _digest_text(d), bool(ann.get("provenance")))
 
 
-def _open(env: dict[str, Any], keys: list[Any], index: int, total: int, bundle: Path, target: Path) -> tuple[dict, str]:
-    """The statement of a verified envelope and the id of the key that signed it; UnsafeError naming the step."""
-    where = f"provenance step {_label(_payload(env), index)!r} (statement {index + 1} of {total} in {bundle.name})"
+def _open(env: dict[str, Any], keys: list[Any], index: int, total: int, bundle: str, target: Path | str
+          ) -> tuple[dict, str]:
+    """The statement of a verified envelope and the id of the key that signed it; UnsafeError naming the step.
+
+    ``bundle`` names where the statement came from (a file name, or a registry version's provenance).
+    """
+    where = f"provenance step {_label(_payload(env), index)!r} (statement {index + 1} of {total} in {bundle})"
     if env.get("payloadType") != signing.IN_TOTO_PAYLOAD_TYPE:
         raise UnsafeError(f"refused: {where}: not an in-toto payload ({env.get('payloadType')!r})", path=target)
     payload = signing.b64decode(env.get("payload"), f"payload of {where}", target)
@@ -555,19 +575,26 @@ def _groups(descriptors: Any) -> list[list[dict[str, Any]]]:
             for m in _mains(items)]
 
 
-def _check_output(target: Path, statement: Mapping[str, Any], bundle: Path) -> None:
+def _check_output(target: Path, statement: Mapping[str, Any], bundle: str) -> None:
     """The model on disk must be (part of) the first statement's subject; names what differs."""
-    subject = [d for d in statement.get("subject") or [] if isinstance(d, dict)]
-    have = _digests(subject)
+    have = _digests([d for d in statement.get("subject") or [] if isinstance(d, dict)])
     main = describe(target, "output", companions=False)  # the bytes first: nothing parses an unverified file
     if _digest_text(main[0]) in have:
         main = describe(target, "output")
+    _check_descriptors(main, statement, bundle, target)
+
+
+def _check_descriptors(main: list[dict[str, Any]], statement: Mapping[str, Any], bundle: str,
+                       target: Path | str) -> None:
+    """Every descriptor of the model (file or dirHash, then companions) must be in the statement's subject."""
+    subject = [d for d in statement.get("subject") or [] if isinstance(d, dict)]
+    have = _digests(subject)
     for d in main:
         if _digest_text(d) in have:
             continue
         twin = next((s for s in subject if s.get("name") == d["name"]), None)
         if twin is None:
-            raise UnsafeError(f"refused: {d['name']} is not an output of the signed step in {bundle.name} "
+            raise UnsafeError(f"refused: {d['name']} is not an output of the signed step in {bundle} "
                               f"(its subject: {', '.join(str(s.get('name')) for s in subject)})", path=target)
         signed_files = (twin.get("annotations") or {}).get("files")
         if "files" in d["annotations"] and isinstance(signed_files, dict):
@@ -576,18 +603,18 @@ def _check_output(target: Path, statement: Mapping[str, Any], bundle: Path) -> N
             detail = "; ".join(signing._differences(expected, now, False, d["name"]))
         else:
             detail = f"sha256 {_digest_text(d)[7:19]}…, the provenance says {_digest_text(twin)[7:19]}…"
-        raise UnsafeError(f"refused: does not match its signed provenance ({bundle.name}): {d['name']}: {detail}",
+        raise UnsafeError(f"refused: does not match its signed provenance ({bundle}): {d['name']}: {detail}",
                           path=target)
 
 
-def _broken(statements: list[dict[str, Any]], i: int, main: Mapping[str, Any], bundle: Path) -> str:
+def _broken(statements: list[dict[str, Any]], i: int, main: Mapping[str, Any], bundle: str) -> str:
     """Why input ``main`` of statement ``i`` links to no statement: the one that names it, if any, had other bytes."""
     name = main.get("name")
     recorded = next((d for s in statements for d in _mains(s.get("subject")) if d.get("name") == name), None)
     was = (f"; the chain it came with records {name} as {_digest_text(recorded)[:19]}… (the intermediate was replaced)"
            if recorded is not None else "")
     return (f"refused: broken provenance chain at step {_label(statements[i], i)!r}: its input {name} "
-            f"({_digest_text(main)[:19]}…) is not the output of any signed step in {bundle.name}{was}")
+            f"({_digest_text(main)[:19]}…) is not the output of any signed step in {bundle}{was}")
 
 
 def verify(path: str | Path, public_keys: Sequence[str | Path], bundle: str | Path | None = None) -> ProvenanceReport:
@@ -611,10 +638,57 @@ def verify(path: str | Path, public_keys: Sequence[str | Path], bundle: str | Pa
     lines = _read_lines(bpath)
     if not lines:
         raise UnsafeError("refused: the provenance holds no statement", path=bpath)
-    envelopes = [_parse_line(line, i, bpath) for i, line in enumerate(lines)]
-    opened = [_open(env, keys, i, len(envelopes), bpath, target) for i, env in enumerate(envelopes)]
+    return _verify_chain(lines, keys, bpath.name, target, lambda st: _check_output(target, st, bpath.name),
+                         path_text=str(target), bundle_text=str(bpath), source=bpath)
+
+
+def _verify_chain(lines: list[str], keys: list[Any], bundle: str, target: Path | str,
+                  check_output: Any, *, path_text: str, bundle_text: str, source: Path | str | None = None,
+                  more: Sequence[tuple[str, str]] = ()) -> ProvenanceReport:
+    """Verify every statement of ``lines`` (the model's own bundle) and walk the chain from the first.
+
+    ``more`` are (where, line) statements from elsewhere (a registry version's ancestors): each is
+    used, and then verified, only when a step's input is the output of none of ``lines``. An input
+    that came with provenance must be found (else the chain is broken); one that came without it
+    (the step ran on a copy without its bundle) is followed into ``more`` when a statement there
+    produced exactly those bytes and verifies with the given keys, and is an original input otherwise.
+    """
+    envelopes = [_parse_line(line, i, source if source is not None else bundle) for i, line in enumerate(lines)]
+    opened = [_open(env, keys, i, len(envelopes), bundle, target) for i, env in enumerate(envelopes)]
     statements = [s for s, _ in opened]
-    _check_output(target, statements[0], bpath)
+    key_ids = [k for _, k in opened]
+    check_output(statements[0])
+    extra: list[tuple[str, int, dict[str, Any], dict[str, Any] | None]] = []
+    for n, (where, line) in enumerate(more):
+        try:
+            env = _parse_line(line, n, where)
+        except UnsafeError:
+            continue  # an unreadable line elsewhere cannot be a link of this chain; a needed link then fails as broken
+        extra.append((where, n, env, _payload(env)))
+
+    notes: list[str] = []
+
+    def producer_of(wanted: set[str], i: int, claimed: bool) -> int | None:
+        if claimed:
+            found = next((j for j, s in enumerate(statements) if j != i and wanted <= _digests(s.get("subject"))), None)
+            if found is not None:
+                return found
+        for k, (where, n, env, payload) in enumerate(extra):
+            if payload is not None and wanted <= _digests(payload.get("subject")):
+                try:
+                    statement, key = _open(env, keys, n, len(more), where, target)  # a forged link fails here
+                except UnsafeError as exc:
+                    if claimed:
+                        raise
+                    notes.append(f"not followed: {exc}")
+                    return None
+                del extra[k]
+                statements.append(statement)
+                key_ids.append(key)
+                if not claimed:
+                    notes.append(f"followed through the registry: {_label(statement, len(statements) - 1)} ({where})")
+                return len(statements) - 1
+        return None
 
     order: list[int] = []
     originals: list[ArtifactRef] = []
@@ -626,17 +700,124 @@ def verify(path: str | Path, public_keys: Sequence[str | Path], bundle: str | Pa
             main = group[0]
             ann = main.get("annotations") or {}
             if not ann.get("provenance"):
-                if ann.get("role") in _MODEL_ROLES:
+                if ann.get("role") not in _MODEL_ROLES:
+                    continue
+                producer = producer_of(_digests(group), i, False) if extra else None
+                if producer is None:
                     originals.append(_ref(main))
+                elif producer not in seen:
+                    walk(producer)
                 continue
-            wanted = _digests(group)
-            producer = next((j for j, s in enumerate(statements) if j != i and wanted <= _digests(s.get("subject"))), None)
+            producer = producer_of(_digests(group), i, True)
             if producer is None:
-                raise UnsafeError(_broken(statements, i, main, bpath), path=target)
+                raise UnsafeError(_broken(statements, i, main, bundle), path=target)
             if producer not in seen:
                 walk(producer)
         order.append(i)
 
     walk(0)
-    steps = tuple(_step(statements[i], opened[i][1]) for i in order)
-    return ProvenanceReport(str(target), str(bpath), steps, tuple(originals))
+    steps = tuple(_step(statements[i], key_ids[i]) for i in order)
+    return ProvenanceReport(path_text, bundle_text, steps, tuple(originals), notes=tuple(notes))
+
+
+# ---------------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredProvenance:
+    """What the registry keeps of a version's provenance bundle besides its bytes (read, not verified, at add)."""
+
+    statements: int  # lines: this step's statement, then its inputs' chain
+    key_ids: tuple[str, ...]  # the key ids the first statement's signatures name (verify with the public key)
+    command: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+def manifest_descriptors(manifest: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """The descriptors ``describe`` gives for a model, made from a registry manifest's file digests.
+
+    A file: its sha256, then its companions (the manifest's other entries: ONNX external data, an
+    OpenVINO .bin); a directory: the dirHash over its files (without a top-level model.sig / .git,
+    as ``describe`` leaves them out).
+    """
+    files = {str(f["path"]): str(f["sha256"]) for f in manifest.get("files", [])}
+    if manifest.get("kind") == "dir":
+        kept = dict(sorted((p, d) for p, d in files.items() if p.split("/", 1)[0] not in _IGNORED_IN_DIRS))
+        return [{"name": name, "digest": {"dirHash": dirhash(kept)}, "annotations": {"role": "output", "files": kept}}]
+    if "" not in files:
+        raise BadInputError(f"{name}: the manifest has no model file")
+    out = [{"name": name, "digest": {"sha256": files[""]}, "annotations": {"role": "output"}}]
+    for rel, digest in sorted(files.items()):
+        if rel:
+            out.append({"name": rel, "digest": {"sha256": digest},
+                        "annotations": {"role": "output", "companionOf": name}})
+    return out
+
+
+def check_bundle(data: bytes, descriptors: list[dict[str, Any]], where: str | Path) -> StoredProvenance:
+    """Check a bundle about to be stored with a registry version: JSON lines of DSSE envelopes whose first
+    statement's subject is exactly this version's files (``manifest_descriptors``). Signatures are not
+    verified here (the registry has no key): ``verify_ref`` / ``verify`` do that with the user's key.
+
+    Raises:
+        UnsafeError (exit 4): not a bundle, or a first statement that describes other bytes (the message
+            names the file that differs).
+    """
+    label = Path(str(where)).name
+    lines = bundle_lines(data, where)
+    if not lines:
+        raise UnsafeError("refused: the provenance holds no statement", path=where)
+    envelopes = [_parse_line(line, i, where) for i, line in enumerate(lines)]
+    first = _payload(envelopes[0])
+    if not first or first.get("_type") != STATEMENT_TYPE or not _mains(first.get("subject")):
+        raise UnsafeError("refused: the first line of the provenance is not an in-toto statement", path=where)
+    _check_descriptors(descriptors, first, label, where)
+    ids = tuple(dict.fromkeys(str(sig["keyid"]) for sig in envelopes[0]["signatures"]
+                              if isinstance(sig, dict) and isinstance(sig.get("keyid"), str)))
+    command = str(_obj(_build(first).get("externalParameters")).get("command", "?"))
+    return StoredProvenance(len(lines), ids, command)
+
+
+def verify_ref(registry: Any, ref: str, public_keys: Sequence[str | Path]) -> ProvenanceReport:
+    """Verify the provenance stored with registry version ``ref`` and walk its chain through the registry.
+
+    The version's own bundle is verified as ``verify`` verifies a file's (every statement, signed by
+    one of ``public_keys``), its first statement against the version's file digests (from the
+    manifest: nothing is materialized). A step whose input's producer is not in that bundle is looked
+    up in the statements stored with the version's ancestors (its parents, theirs, ...).
+
+    Raises:
+        BadInputError: no key, an unreadable key, an unknown reference (exit 2).
+        UnsafeError: the version has no provenance, or any check of ``verify`` fails (exit 4).
+    """
+    if not public_keys:
+        raise BadInputError("give at least one public key (--pub key.pub)")
+    keys = [signing.load_public_key(k) for k in public_keys]
+    version = registry.resolve(ref)
+    where = f"the provenance of {version.ref} in registry {registry.url}"
+    data = registry.provenance_bytes(version)
+    if data is None:
+        raise UnsafeError(f"refused: no provenance is stored with {version.ref} in registry {registry.url} "
+                          "(add the model with its OUT.intoto.jsonl beside it, or register a step run with --sign)",
+                          path=version.ref)
+    lines = bundle_lines(data, version.ref)
+    if not lines:
+        raise UnsafeError("refused: the provenance holds no statement", path=version.ref)
+    more: list[tuple[str, str]] = []
+    seen, queue = {version.ref}, list(version.parents)
+    while queue:
+        parent = registry.resolve(queue.pop(0))
+        if parent.ref in seen:
+            continue
+        seen.add(parent.ref)
+        queue.extend(parent.parents)
+        stored = registry.provenance_bytes(parent)
+        if stored is not None:
+            with contextlib.suppress(UnsafeError):
+                more += [(f"the provenance of {parent.ref}", line) for line in bundle_lines(stored, parent.ref)]
+    descriptors = manifest_descriptors(registry.manifest(version), version.filename or version.name)
+    return _verify_chain(lines, keys, where, version.ref,
+                         lambda st: _check_descriptors(descriptors, st, where, version.ref),
+                         path_text=version.ref, bundle_text=where, more=more)
