@@ -135,7 +135,10 @@ def _types(model: onnx.ModelProto) -> tuple[dict[str, int], str]:
     """Element types of every value (shape inference where it can), and a note when it could not run."""
     note = ""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        from modelport.formats.onnx_data import without_weights
+
+        # weights as typed inputs: their values never matter here, and a model over 2 GiB cannot be serialized
+        inferred = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False)
     except Exception as exc:  # noqa: BLE001  (the check goes on with the types the file declares)
         inferred = model
         why = " ".join(str(exc).split())[:160] or type(exc).__name__
@@ -282,4 +285,4 @@ def check(model: str | Path, target: str | Path | Profile) -> CheckReport:
     if fmt != "onnx":
         raise UnsupportedError(f"check takes an ONNX model, this is {fmt}; convert it first: modelport convert {model} --to onnx", path=model)
     profile = load_profile(target)
-    return check_model(load_model(model), profile, path=str(model))
+    return check_model(load_model(model, load_external_data=False), profile, path=str(model))  # weights never read

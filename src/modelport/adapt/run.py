@@ -211,6 +211,12 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
     for b in boundaries:
         if b.kind == "rename":
             out_names.update({new: old for old, new in b.params["mapping"].items()})
+    from modelport.formats import onnx_data
+
+    if eval_data is None and onnx_data.is_large(src):
+        return _verify_in_turn(src, out, boundaries, orig_dtypes, out_names, device=device, inputs=inputs, dims=dims,
+                               rtol=rtol, atol=atol, seed=seed, warnings=warnings, tolerances=tolerances,
+                               keep_failure=keep_failure), None
     with _open(src, device, warnings) as ra, _open(out, device, warnings) as rb, NoiseJudge(ra) as judge:
         feeds, source = feeds_for(rb, inputs=inputs, dims=dims, seed=seed)
         runs, kept = [], []
@@ -234,6 +240,42 @@ def _verify(src: str, out: str, boundaries, orig_dtypes, *, device: str, inputs,
         metric = (_task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names, metric_fn)
                   if eval_data is not None else None)
     return parity, metric
+
+
+def _verify_in_turn(src: str, out: str, boundaries, orig_dtypes, out_names, *, device: str, inputs, dims, rtol, atol,
+                    seed, warnings: list[str], tolerances=None, keep_failure: Path | None = None) -> ParityReport:
+    """:func:`_verify` for a model whose weights exceed the external-data threshold: the adapted model runs
+    every feed and is closed before the original opens, so only one copy of the weights is ever resident
+    (the noise-floor judge, which reruns the original, is not applied)."""
+    import gc
+
+    from modelport.verify import feeds_for, keep_failure_file
+    from modelport.verify.parity import ParityReport, RunParity, compare_outputs
+
+    with _open(out, device, warnings) as rb:
+        feeds, source = feeds_for(rb, inputs=inputs, dims=dims, seed=seed)
+        gots = []
+        for feed in feeds:
+            try:
+                gots.append({out_names.get(k, k): v for k, v in rb.run(feed).items()})
+            except Exception as exc:
+                shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in feed.items())
+                msg = " ".join(str(exc).split())[:300]
+                raise CheckFailedError(f"the adapted model fails on inputs {shapes}: {msg}", path=src) from None
+        del rb
+    gc.collect()
+    with _open(src, device, warnings) as ra:
+        refs = [_run_reference(ra, _map_feed(feed, boundaries, orig_dtypes)) for feed in feeds]
+        del ra
+    gc.collect()
+    runs, kept = [], None
+    for feed, ref, got in zip(feeds, refs, gots):
+        shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
+        runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)))
+        if not runs[-1] and keep_failure is not None and kept is None:
+            keep_failure_file(keep_failure, feed, ref, got)
+            kept = str(keep_failure)
+    return ParityReport(src, out, "onnx", "onnx", tuple(runs), all(runs), source, failure_file=kept)
 
 
 def _task_metric(ra, rb, eval_data, boundaries, orig_dtypes, out_names, metric: str | None = None) -> dict[str, Any]:
@@ -371,7 +413,7 @@ def _plan(options: _Options, target: str | Path | None, say: Callable[[str], Non
 
         profile = load_profile(target)
         say(f"checking against {profile.name}")
-        before = check_model(load_model(options.src), profile, path=options.src)
+        before = check_model(load_model(options.src, load_external_data=False), profile, path=options.src)  # weights unread
         t_replace, t_opset, t_batch, t_dtype = _plan_from_target(before, set(options.replace))
         replace = {**t_replace, **options.replace}
         opset = opset if opset is not None else t_opset
@@ -428,8 +470,11 @@ class AdaptPassesStep:
         from modelport.adapt.passes import BoundaryPass, run_passes
         from modelport.formats.onnx_format import graph_signature, load_model
 
+        from modelport.formats import onnx_data
+
         plan = self.plan
-        model = ir.serde.deserialize_model(load_model(artifact.path))
+        large = onnx_data.is_large(artifact.path)  # weights stay in their files: passes see tensor metadata only
+        model = ir.serde.deserialize_model(load_model(artifact.path, load_external_data=not large))
         orig_dtypes = {v.name: v.dtype.numpy().name for v in model.graph.inputs if v.dtype is not None}
         passes = plan.passes()
         model = run_passes(ir.passes.Sequential(*passes), model).model
@@ -440,15 +485,20 @@ class AdaptPassesStep:
             raise _NothingChanged
         proto = ir.serde.serialize_model(model)
         try:
-            onnx.checker.check_model(proto)
+            from modelport.formats.onnx_data import checkable
+
+            onnx.checker.check_model(checkable(proto))  # external data: checked without its weights
         except onnx.checker.ValidationError as exc:
             raise UnsupportedError(f"the adapted model is invalid: {' '.join(str(exc).split())[:300]}", path=artifact.path) from None
         after = check_model(proto, plan.profile, path=str(plan.out)) if plan.profile is not None else None
         if after is not None and not after:
             raise UnsupportedError(f"still incompatible with {plan.profile.name} after adapting: "
                                    + "; ".join(p.message for p in after.problems[:8]), path=artifact.path)
-        out = staging.scratch("adapt") / "model.onnx"
-        onnx.save(proto, str(out))
+        out = staging.scratch("adapt") / (Path(plan.out).name if large else "model.onnx")
+        if large:  # the source's external tensors copied in chunks into OUT.data (named for the destination)
+            onnx_data.save(proto, out, base_dir=Path(artifact.path).parent, external=True)
+        else:
+            onnx.save(proto, str(out))
         changes = tuple(AdaptStep(p.kind, p.detail(), p.exact) for p in done)
         boundaries = tuple(p.boundary for p in done if isinstance(p, BoundaryPass))
         approximations = tuple(p.rule.key for p in done if not p.exact)
@@ -504,8 +554,16 @@ def _unchanged(plan: AdaptPlan, started: float) -> AdaptReport:
     if plan.profile is None:
         raise BadInputError("nothing to adapt: give --target or at least one change (--opset, --layout, --batch, --rename, …)", path=plan.src)
     with Staging(plan.out) as staging:
-        copy = staging.scratch("adapt") / "model.onnx"
-        shutil.copyfile(plan.src, copy)
+        from modelport.formats import onnx_data
+
+        if onnx_data.file_has_external(plan.src):  # its tensors copied, in chunks, into OUT.data
+            copy = staging.scratch("adapt") / Path(plan.out).name
+            onnx_data.save(load_model(plan.src, load_external_data=False), copy, base_dir=Path(plan.src).parent,
+                           external=True)
+            staging.place(Path(str(copy) + ".data"), Path(str(plan.out) + ".data"))
+        else:
+            copy = staging.scratch("adapt") / "model.onnx"
+            shutil.copyfile(plan.src, copy)
         staging.place(copy, plan.out)
     artifact = Artifact(str(plan.out), "onnx", graph_signature(load_model(plan.out, load_external_data=False)), read_lineage(plan.out))
     return AdaptReport(plan.src, str(plan.out), plan.profile.name, (), (), None, None, plan.before, artifact,
@@ -600,6 +658,9 @@ def adapt(
         with Staging(plan.out) as staging:
             result = Pipeline([step], verify=verifier, progress=say).run(source, staging)
             staging.place(result.artifact.path, plan.out)
+            data = Path(result.artifact.path + ".data")
+            if data.is_file():  # external data (a model above the threshold), placed with its model
+                staging.place(data, Path(str(plan.out) + ".data"))
     except _NothingChanged:
         return _unchanged(plan, started)
     return _report(plan, result, notes, started)

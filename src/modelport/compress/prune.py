@@ -125,9 +125,9 @@ def magnitude_prune(model, fraction: float, *, scope: str = "layer", exclude: It
     return tuple(layers)
 
 
-def _zero_points(model) -> dict[str, np.ndarray]:
+def _zero_points(model, base_dir=None) -> dict[str, np.ndarray]:
     """Integer weight initializer -> its zero point, from the node that dequantizes it."""
-    from onnx import numpy_helper
+    from modelport.formats import onnx_data
 
     inits = {t.name: t for t in model.graph.initializer}
     slot = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3), "ConvInteger": (1, 3)}
@@ -136,25 +136,29 @@ def _zero_points(model) -> dict[str, np.ndarray]:
         if node.op_type in slot:
             w, z = slot[node.op_type]
             if len(node.input) > z and node.input[w] in inits and node.input[z] in inits:
-                out[node.input[w]] = numpy_helper.to_array(inits[node.input[z]])
+                out[node.input[w]] = np.array(onnx_data.array(inits[node.input[z]], base_dir))
     return out
 
 
-def weight_sparsity(model) -> float | None:
+def weight_sparsity(model, base_dir=None) -> float | None:
     """Fraction of weight values (initializers of rank >= 2) that are exactly zero.
 
     Integer (quantized) weights count as zero where they equal their zero point; packed
     4-bit weights (MatMulNBits) cannot be read this way and are left out. None: no weights.
+    ``base_dir``: for a model read without its external data, where that data is (memory-mapped,
+    one tensor at a time).
     """
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto
 
-    zps = _zero_points(model)
+    from modelport.formats import onnx_data
+
+    zps = _zero_points(model, base_dir)
     packed = {n.input[1] for n in model.graph.node if n.op_type == "MatMulNBits" and len(n.input) > 1}
     total = zeros = 0
     for t in model.graph.initializer:
         if len(t.dims) < 2 or t.name in packed or t.data_type == TensorProto.STRING:
             continue
-        a = numpy_helper.to_array(t)
+        a = onnx_data.array(t, base_dir)
         if a.dtype.kind not in "fiu":
             continue
         if a.dtype.kind in "iu":
@@ -169,4 +173,5 @@ def weight_sparsity(model) -> float | None:
         else:
             zeros += int(np.count_nonzero(a == 0))
         total += a.size
+        onnx_data.release(a)
     return zeros / total if total else None

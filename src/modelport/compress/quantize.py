@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.errors import BadInputError, UnsupportedError
+from modelport.errors import BadInputError, ModelportError, UnsupportedError
 
 __all__ = [
     "MODES",
@@ -248,6 +248,11 @@ def quantize_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = Tr
                     nodes_to_exclude=sorted(exclude))
 
 
+def per_axis_opset(model) -> bool:
+    """Whether QDQ can carry per-channel scales: DequantizeLinear's ``axis`` is opset 13's."""
+    return any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import)
+
+
 def quantize_static(
     src: str | Path,
     dst: str | Path,
@@ -256,20 +261,51 @@ def quantize_static(
     method: str = "minmax",
     per_channel: bool = True,
     exclude: Iterable[str] = (),
-) -> None:
-    """Int8 weights and activations in QDQ format, ranges calibrated on ``calibration`` chunks."""
+) -> str | None:
+    """Int8 weights and activations in QDQ format, ranges calibrated on ``calibration`` chunks.
+
+    Below opset 13 the weight scales are per tensor whatever ``per_channel`` says: onnxruntime's
+    quantizer would write DequantizeLinear with an ``axis`` those opsets do not have (an invalid model).
+    Returns a note when onnxruntime's quantizer fails per channel (its int32-bias scale adjustment
+    raises on some per-channel weights, e.g. Magika's) and per tensor is used instead; a failure per
+    tensor too is an UnsupportedError naming it.
+    """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_static
 
+    if per_channel and not per_axis_opset(onnx.load(str(src), load_external_data=False)):
+        per_channel = False
+
     if method not in CALIBRATION_METHODS:
         raise BadInputError(f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}")
-    with _quiet():
-        ort_static(
-            str(src), str(dst), _reader(calibration), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude),
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+
+    def run(per_channel: bool) -> None:
+        with _quiet():
+            ort_static(
+                str(src), str(dst), _reader(calibration), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude),
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+
+    try:
+        run(per_channel)
+        return None
+    except ModelportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's quantizer failing is reported, never an internal error
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        if not per_channel:
+            raise UnsupportedError(f"onnxruntime's static quantizer fails on this model ({why})", path=src) from None
+    try:
+        run(False)
+    except ModelportError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedError(f"onnxruntime's static quantizer fails on this model per channel ({why}) and per tensor "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", path=src) from None
+    return f"weight scales per tensor: onnxruntime's static quantizer fails per channel ({why[:160]})"
 
 
 def quantize_int4(src: str | Path, dst: str | Path, *, block_size: int = 32, exclude: Iterable[str] = ()) -> int:
@@ -287,4 +323,114 @@ def quantize_int4(src: str | Path, dst: str | Path, *, block_size: int = 32, exc
     out = quantizer.model.model
     count = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
     onnx.save(out, str(dst))
+    return count
+
+
+_ROWS = 1024  # rows of a weight quantized at a time (8192 columns of float32: 32 MiB)
+
+
+def _column_scales(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    """max|w| / 127 per column (per_channel) or over the whole weight, read a block of rows at a time."""
+    from modelport.formats import onnx_data
+
+    peak = np.zeros(w.shape[1], np.float32)
+    for i in range(0, w.shape[0], _ROWS):
+        np.maximum(peak, np.abs(np.asarray(w[i:i + _ROWS], dtype=np.float32)).max(axis=0), out=peak)
+    onnx_data.release(w)
+    if not per_channel:
+        peak = np.full_like(peak, peak.max(initial=0.0))
+    scale = peak / 127.0
+    scale[scale == 0] = 1.0  # an all-zero column: any scale gives zeros
+    return scale.astype(np.float32)
+
+
+def _int8_writer(w: np.ndarray, scale: np.ndarray):
+    """A writer (see ``onnx_data.save``) of round(w / scale) clipped to [-127, 127], a block of rows at a time."""
+    from modelport.formats import onnx_data
+
+    def write(out) -> int:
+        n = 0
+        for i in range(0, w.shape[0], _ROWS):
+            q = np.clip(np.rint(np.asarray(w[i:i + _ROWS], dtype=np.float32) / scale), -127, 127).astype(np.int8)
+            out.write(q.tobytes())
+            n += q.nbytes
+        onnx_data.release(w)
+        return n
+
+    return write
+
+
+def quantize_dynamic_large(src: str | Path, dst: str | Path, *, per_channel: bool = True,
+                           exclude: Iterable[str] = ()) -> int:
+    """Int8 dynamic quantization of a model whose weights exceed protobuf's limit, a block of rows at a time.
+
+    onnxruntime's quantizer holds the whole model in a protobuf (and several copies of its weights);
+    this writes the same QOperator form it writes for MatMul, tensor by tensor: every main-graph MatMul
+    whose second input is a 2-D float32 initializer becomes DynamicQuantizeLinear(x) ->
+    MatMulInteger(x_q, W_q, x_zp, W_zp) -> Cast -> Mul(x_scale * W_scale), with W_q = round(W / s)
+    (int8, symmetric, s = max|W| / 127 per output column when ``per_channel``). The weights are read
+    from their memory-mapped external data and written to ``dst``'s external data chunk by chunk; other
+    tensors are copied from their files. Gemm and Conv stay float. Returns how many MatMuls were quantized.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelport.formats import onnx_data
+    from modelport.security.loaders import read_onnx
+
+    src, dst = Path(src), Path(dst)
+    model = read_onnx(src, load_external_data=False)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    uses: dict[str, int] = {}
+    for node in g.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    skip = set(exclude)
+    writers: dict[str, object] = {}
+    nodes: list = []
+    dq: dict[str, tuple[str, str, str]] = {}  # activation -> its DynamicQuantizeLinear outputs
+    dropped: set[str] = set()
+    count = 0
+    for node in g.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if (w is None or node.name in skip or w.data_type != TensorProto.FLOAT or len(w.dims) != 2
+                or node.domain not in ("", "ai.onnx")):
+            nodes.append(node)
+            continue
+        x, base = node.input[0], node.name or f"MatMul_{count}"
+        arr = onnx_data.array(w, src.parent)
+        scale = _column_scales(arr, per_channel)
+        qname, zname, sname = f"{w.name}_quantized", f"{w.name}_zero_point", f"{w.name}_scale"
+        if qname not in writers:
+            q = TensorProto(name=qname, data_type=TensorProto.INT8, dims=list(w.dims))  # bytes: the writer's
+            writers[qname] = _int8_writer(arr, scale)
+            g.initializer.append(q)
+            zp = np.zeros(scale.shape if per_channel else (), np.int8)
+            g.initializer.append(onnx.numpy_helper.from_array(zp, zname))
+            g.initializer.append(onnx.numpy_helper.from_array(scale if per_channel else scale[:1].reshape(()), sname))
+        uses[w.name] -= 1
+        if uses[w.name] == 0:
+            dropped.add(w.name)
+        if x not in dq:
+            dq[x] = (f"{x}_quantized", f"{x}_scale", f"{x}_zero_point")
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(dq[x]), name=f"{x}_QuantizeLinear"))
+        xq, xs, xz = dq[x]
+        nodes.append(helper.make_node("MatMulInteger", [xq, qname, xz, zname], [f"{base}_int32"], name=f"{base}_quant"))
+        nodes.append(helper.make_node("Cast", [f"{base}_int32"], [f"{base}_float"], to=TensorProto.FLOAT,
+                                      name=f"{base}_cast"))
+        nodes.append(helper.make_node("Mul", [xs, sname], [f"{base}_scale"], name=f"{base}_scale_mul"))
+        nodes.append(helper.make_node("Mul", [f"{base}_float", f"{base}_scale"], list(node.output),
+                                      name=f"{base}_output_mul"))
+        count += 1
+    if not count:
+        return 0
+    del g.node[:]
+    g.node.extend(nodes)
+    kept = [t for t in g.initializer if t.name not in dropped]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 11 for o in model.opset_import):
+        raise UnsupportedError("dynamic int8 quantization needs opset >= 11 (DynamicQuantizeLinear)")
+    onnx_data.save(model, dst, base_dir=src.parent, arrays=writers, external=True)
     return count

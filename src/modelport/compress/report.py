@@ -142,8 +142,8 @@ def comparison_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
 def model_stats(path: Path, label: str, p50: dict[int, float | None], metric: float | None) -> ModelStats:
     from modelport.security.loaders import read_onnx
 
-    model = read_onnx(path)
-    sparsity = weight_sparsity(model)
+    model = read_onnx(path, load_external_data=False)  # external data memory-mapped, a tensor at a time
+    sparsity = weight_sparsity(model, path.parent)
     try:
         from modelport.inspect.run import inspect
 

@@ -23,7 +23,7 @@ import numpy as np
 from modelport.artifact import Artifact, StepRecord
 from modelport.compress import accuracy, fp16, prune as prune_pass, quantize as quant
 from modelport.compress.report import CompressReport, measure_latency, model_stats
-from modelport.errors import BadInputError, CheckFailedError
+from modelport.errors import BadInputError, CheckFailedError, UnsupportedError
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 from modelport.security.loaders import read_onnx
 
@@ -102,8 +102,12 @@ def _calibration_chunks(data: ArrayData, specs) -> tuple[dict[str, np.ndarray], 
     feeds = check_feeds(load_npz(data) if not isinstance(data, dict) else dict(data), specs, source)
     sizes = {v.shape[0] if v.ndim else 0 for v in feeds.values()}
     if len(sizes) != 1 or 0 in sizes:
+        ranks = {s.name: len(s.shape) for s in specs if s.shape is not None}
+        if ranks and all(feeds[k].ndim == r for k, r in ranks.items() if k in feeds):
+            # One feed as the model takes it (a scalar sr, a state batched on dim 1): one calibration sample.
+            return (feeds,)
         raise BadInputError("calibration inputs must share a non-empty first (sample) dim", path=source)
-    first = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
+    first = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
     return tuple(quant.batches(feeds, first.pop() if len(first) == 1 else 32))
 
 
@@ -139,6 +143,8 @@ class _Work:
         self.layers_of: dict[Path, tuple[prune_pass.LayerSparsity, ...]] = {}  # per trial written
         self.notes: list[str] = []
         self.original = None  # the model given to the step, described when nothing gets quantized
+        self.large = False  # quantize chunk by chunk from memory-mapped weights (quant.quantize_dynamic_large)
+        self.dest_name = "model.onnx"  # the output's file name (a large model's external data is named after it)
 
     def apply(self, exclude: frozenset[str], fractions: dict[str, float] | None = None) -> Path:
         """Compress with ``exclude`` left alone and ``fractions`` (node -> prune fraction) overriding the plan's."""
@@ -154,11 +160,18 @@ class _Work:
             onnx.save(model, str(src))
         dst = self.work / f"trial{self.count}.onnx"
         mode = self.plan.quantize
-        if mode == "dynamic":
+        if self.large:  # a directory per trial: the external data file is named for the destination
+            dst = self.work / f"trial{self.count}" / self.dest_name
+            dst.parent.mkdir()
+        if mode == "dynamic" and self.large:
+            quant.quantize_dynamic_large(src, dst, per_channel=self.plan.per_channel, exclude=exclude)
+        elif mode == "dynamic":
             quant.quantize_dynamic(src, dst, per_channel=self.plan.per_channel, exclude=exclude)
         elif mode == "static":
-            quant.quantize_static(src, dst, self.plan.calibration, method=self.plan.calibrate_method,
-                                  per_channel=self.plan.per_channel, exclude=exclude)
+            note = quant.quantize_static(src, dst, self.plan.calibration, method=self.plan.calibrate_method,
+                                         per_channel=self.plan.per_channel, exclude=exclude)
+            if note and note not in self.notes:
+                self.notes.append(note)
         elif mode == "int4":
             quant.quantize_int4(src, dst, exclude=exclude)
         elif mode == "fp16":
@@ -298,11 +311,17 @@ def compress(
             Artifact(str(ctx.src), "onnx", lineage=read_lineage(ctx.src)), staging)
         say("latency")
         final = Path(result.artifact.path)
-        p50 = measure_latency([ctx.src, final], bench_batches, bench_runs, say)
+        if ctx.large:  # one model at a time: two sessions of a large model would hold its weights twice
+            p50 = [measure_latency([p], bench_batches, bench_runs, say)[0] for p in (ctx.src, final)]
+        else:
+            p50 = measure_latency([ctx.src, final], bench_batches, bench_runs, say)
         outcome = _Outcome.merge([r.details for r in result.results])
         before = model_stats(ctx.src, str(ctx.src), p50[0], ctx.baseline)
         after = model_stats(final, str(ctx.dest), p50[1], outcome.metric)
         staging.place(final, ctx.dest)
+        data = final.with_name(final.name + ".data")
+        if data.is_file():  # external data (a model above the threshold), placed with its model
+            staging.place(data, ctx.dest.with_name(ctx.dest.name + ".data"))
     from modelport.formats.onnx_format import graph_signature
 
     parity = result.verdict.parity if result.verdict else None
@@ -342,6 +361,7 @@ class _Context:
     max_drop: float | None
     say: Callable[[str], None]
     baseline: float | None = None
+    large: bool = False  # weights above the external-data threshold: memory-mapped, quantized chunk by chunk
 
 
 def _context(model, out, quantize, calibration, calibrate_method, per_channel, keep_io_float32, prune, prune_scope,
@@ -351,7 +371,14 @@ def _context(model, out, quantize, calibration, calibrate_method, per_channel, k
     src = Path(model)
     if not src.is_file():
         raise BadInputError("no such ONNX file", path=src)
-    source = load_model(src)
+    from modelport.formats import onnx_data
+
+    large = onnx_data.is_large(src)
+    if large and (structured or prune or quantize != "dynamic"):
+        what = "structured pruning" if structured else "pruning" if prune else f"--quantize {quantize}"
+        raise UnsupportedError(f"{what} of a model whose weights exceed {onnx_data.threshold()} bytes is not supported "
+                               "(it would hold the weights in a protobuf); --quantize dynamic is", path=src)
+    source = load_model(src, load_external_data=not large)  # a large model's weights stay in their files
     specs = graph_signature(source).inputs
     plan = _Plan(quantize, calibrate_method, per_channel, keep_io_float32, float(prune) if prune else None,
                  prune_scope, _calibration_chunks(calibration, specs) if calibration is not None else (), structured)
@@ -361,7 +388,7 @@ def _context(model, out, quantize, calibration, calibrate_method, per_channel, k
     dest = Path(out) if out is not None else default_output(src, quantize, plan.prune)
     if dest.resolve() == src.resolve():
         raise BadInputError("the output would overwrite the input model", path=dest)
-    return _Context(src, dest, source, specs, plan, data, max_drop, say)
+    return _Context(src, dest, source, specs, plan, data, max_drop, say, large=large)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,12 +463,13 @@ class QuantizePruneStep:
         ctx, work = self.ctx, staging.scratch("compress")
         prepared, notes = _prepare(Path(artifact.path), ctx, work)
         runner = _Work(work / "base.onnx", ctx.plan, work)
+        runner.large, runner.dest_name = ctx.large, ctx.dest.name
         if ctx.plan.quantize in ("dynamic", "static", "int4"):  # before onnxruntime's quantizer (it may crash on QDQ)
             runner.original = ctx.source if Path(artifact.path) == ctx.src else _load_proto(Path(artifact.path))
             quant.check_quantizable(prepared, ctx.plan.quantize, runner.original)
         result_path = runner.apply(frozenset())
         metric = accuracy.top1(result_path, ctx.data) if ctx.data is not None else None
-        outcome = _Outcome(metric, layers=runner.layers, trials=1, notes=tuple(notes))
+        outcome = _Outcome(metric, layers=runner.layers, trials=1, notes=tuple(notes + runner.notes))
         if ctx.max_drop is not None and ctx.baseline - metric > ctx.max_drop:
             result_path, outcome = _control(ctx, runner, prepared, result_path, outcome)
         q = ctx.plan.quantize
@@ -462,12 +490,24 @@ def _prepare(start: Path, ctx: _Context, work: Path):
 
     notes: list[str] = []
     base = work / "base.onnx"
+    if ctx.large:  # weights above the threshold: never into a protobuf (onnxruntime's pre-processing would)
+        from modelport.formats import onnx_data
+
+        notes.append(f"weights above {onnx_data.threshold()} bytes: onnxruntime's quantization pre-processing skipped; "
+                     "MatMul weights quantized a block of rows at a time from their memory-mapped external data")
+        prepared = ctx.source
+        if quant.name_nodes(prepared):
+            notes.append("unnamed nodes were given names (accuracy control refers to nodes by name)")
+        onnx_data.save(prepared, base, base_dir=start.parent, external=True)
+        return prepared, notes
     if ctx.plan.quantize in ("dynamic", "static"):
         ctx.say("quantization pre-processing")
         scratch = work / "preprocess"
         scratch.mkdir()
         notes += quant.preprocess(start, base, scratch)
         prepared = read_onnx(base)
+        if ctx.plan.quantize == "static" and ctx.plan.per_channel and not quant.per_axis_opset(prepared):
+            notes.append("weight scales per tensor: the model's opset is below 13, where DequantizeLinear has no axis")
     else:
         prepared = read_onnx(start) if start != ctx.src else ctx.source
     if quant.name_nodes(prepared):

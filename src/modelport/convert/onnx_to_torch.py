@@ -16,10 +16,10 @@ def onnx_to_torch(src: str, out: str, options: ConvertOptions) -> ConverterResul
     from modelport import to_torch
     from modelport.formats.onnx_format import load_model
 
-    model = load_model(src)
+    model = load_model(src, load_external_data=False)  # external data is memory-mapped by the compiler
     os.makedirs(out, exist_ok=True)
     try:
-        result = to_torch.convert(model, out)
+        result = to_torch.convert(model, out, base_dir=os.path.dirname(os.path.abspath(src)), source_path=src)
     except to_torch.UnsupportedOpsError as exc:
         items = exc.unsupported
         listed = ", ".join(f"{u.op_type}-{u.opset} ({u.node_name or '<unnamed>'}: {u.reason})" for u in items[:10])

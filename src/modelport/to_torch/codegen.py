@@ -23,6 +23,7 @@ import onnx
 from onnx import helper as onnx_helper
 from onnx import numpy_helper
 
+from modelport.formats import onnx_data
 from modelport.to_torch import dtypes, naming
 
 #: ops through which gradients do not flow; a float constant only they read stays a buffer.
@@ -59,6 +60,12 @@ def lit(v: Any) -> str:
     return repr(v)
 
 
+def _kept(arr: np.ndarray) -> np.ndarray:
+    """A state-dict entry: contiguous, except a memory-mapped weight (or a view of one, e.g. its
+    transpose), kept as it is and made contiguous one tensor at a time when the weights are written."""
+    return arr if onnx_data.is_mapped(arr) else np.ascontiguousarray(arr)
+
+
 @dataclass
 class Value:
     """How one ONNX value is reachable from generated code."""
@@ -68,6 +75,7 @@ class Value:
     const: np.ndarray | None = None
     items: list[str] | None = None
     dtype: int | None = None
+    zero_parts: bool = False  # a shape list built with a literal 0 among its parts ([0, *s, 3]: Reshape copies there)
 
 
 @dataclass
@@ -92,6 +100,7 @@ class ModuleState:
     warnings: list[str] = field(default_factory=list)
     problems: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)
     n_nodes: int = 0
+    base_dir: str | None = None  # the ONNX file's directory: external data is memory-mapped from there
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     graph_outputs: set[str] = field(default_factory=set)
     fused: dict[int, str] = field(default_factory=dict)
@@ -114,7 +123,7 @@ class ModuleState:
             # would collide with them when the generated module is exported again.
             hint = f"const_{hint[4:]}"
         attr = self.attrs.new(hint, short=False, fallback="c")
-        arr = np.ascontiguousarray(arr)
+        arr = _kept(arr)
         self.state[attr] = arr
         shape = ", ".join(str(d) for d in arr.shape)
         dt = dtypes.torch_dtype(dtypes.onnx_type(arr))
@@ -129,7 +138,7 @@ class ModuleState:
         attr = self.attrs.new(hint, short=False, fallback="layer")
         self.init_lines.append(f"self.{attr} = {ctor}")
         for k, v in params.items():
-            self.state[f"{attr}.{k}"] = np.ascontiguousarray(v)
+            self.state[f"{attr}.{k}"] = _kept(v)
         return f"self.{attr}"
 
 
@@ -142,8 +151,8 @@ class Graph:
         self.parent = parent
         self.values: dict[str, Value] = {}
         self.lines: list[Line] = []
-        for init in graph.initializer:
-            self.values[init.name] = Value(None, "const", numpy_helper.to_array(init))
+        for init in graph.initializer:  # external data: a read-only memmap, never a copy in the protobuf
+            self.values[init.name] = Value(None, "const", onnx_data.array(init, ms.base_dir))
         for sp in graph.sparse_initializer:
             arr = numpy_helper.to_array(sp)
             self.values[sp.values.name] = Value(None, "const", arr)

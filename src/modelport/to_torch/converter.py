@@ -64,7 +64,8 @@ def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
         return model
     from modelport.security.loaders import read_onnx
 
-    return read_onnx(os.fspath(model))  # external data that escapes the model's directory is refused
+    # external data that escapes the model's directory is refused; the rest is memory-mapped, not read
+    return read_onnx(os.fspath(model), load_external_data=False)
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
@@ -197,14 +198,19 @@ def _overridable(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name in init_names]
 
 
-def generate(model: onnx.ModelProto, types: dict | None = None) -> tuple[str, dict[str, np.ndarray], dict, codegen.ModuleState]:
-    """Builds the source of model.py, its state dict and metadata, in memory."""
+def generate(model: onnx.ModelProto, types: dict | None = None, *,
+             base_dir: str | os.PathLike | None = None) -> tuple[str, dict[str, np.ndarray], dict, codegen.ModuleState]:
+    """Builds the source of model.py, its state dict and metadata, in memory.
+
+    ``base_dir``: the model file's directory, where tensors with external data (not loaded into
+    ``model``) are memory-mapped from; the state dict then holds those maps (or views of them).
+    """
     registry._load_ops()
     types = _value_types(model) if types is None else types
     overridable = [vi.name for vi in _overridable(model)]
     fixed: dict[str, str] = {}  # overridable input -> the node that needs it constant
     while True:
-        out = _generate(model, types, set(fixed))
+        out = _generate(model, types, set(fixed), None if base_dir is None else os.fspath(base_dir))
         ms = out[3]
         if not ms.problems:
             break
@@ -228,9 +234,10 @@ def generate(model: onnx.ModelProto, types: dict | None = None) -> tuple[str, di
     return out
 
 
-def _generate(model: onnx.ModelProto, types: dict, fixed: set[str]) -> tuple[str, dict[str, np.ndarray], dict, codegen.ModuleState]:
+def _generate(model: onnx.ModelProto, types: dict, fixed: set[str],
+              base_dir: str | None = None) -> tuple[str, dict[str, np.ndarray], dict, codegen.ModuleState]:
     ms = codegen.ModuleState(types=types, opsets=_opsets(model),
-                             trainable=_trainable(model.graph))
+                             trainable=_trainable(model.graph), base_dir=base_dir)
     for node in iter_nodes(model.graph):
         for i in node.input:
             ms.consumers.setdefault(i, []).append(node)
@@ -328,40 +335,52 @@ def _assemble(ms, g, args, ret, model, optional=()) -> tuple[str, dict[str, int]
     return "\n".join(lines) + "\n", value_to_line
 
 
-def convert(model: onnx.ModelProto | str | os.PathLike, out_dir: str | os.PathLike) -> ConversionResult:
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert(model: onnx.ModelProto | str | os.PathLike, out_dir: str | os.PathLike, *,
+            base_dir: str | os.PathLike | None = None, source_path: str | os.PathLike | None = None) -> ConversionResult:
     """Compiles an ONNX model into ``model.py`` + ``weights.safetensors`` in ``out_dir``.
 
+    Weights above the external-data threshold (``modelport.formats.onnx_data.threshold``) are written as
+    safetensors shards with an index (``modelport.formats.safetensors_io``), streamed one tensor at a
+    time from memory-mapped external data.
+
     Args:
-        model: a ModelProto or a path to an .onnx file.
+        model: a ModelProto or a path to an .onnx file (read without its external data, which is mapped).
         out_dir: an existing directory; receives model.py, weights.safetensors and
             modelport_torch.json.
+        base_dir: for a ModelProto read without its external data: the directory its locations are in.
+        source_path: the .onnx file ``model`` was read from (its sha256 goes into the metadata).
 
     Raises:
         UnsupportedOpsError: listing every node that cannot be converted; nothing is written.
     """
     path_sha = None
     if not isinstance(model, onnx.ModelProto):
-        path_sha = hashlib.sha256(Path(model).read_bytes()).hexdigest()
+        source_path = model
+        base_dir = os.path.dirname(os.path.abspath(os.fspath(model)))
+    if source_path is not None:
+        path_sha = _file_sha256(Path(source_path))
     model = _as_model(model)
     types = _value_types(model)
     problems = _check(model, types)
     if problems:
         raise UnsupportedOpsError(problems)
-    source, state, meta, ms = generate(model, types)
+    source, state, meta, ms = generate(model, types, base_dir=base_dir)
     if ms.problems:
         opsets = ms.opsets
         raise UnsupportedOpsError([Unsupported(n.name, n.op_type, n.domain, opsets.get(
             "" if n.domain in registry.DEFAULT_DOMAINS else n.domain), r) for n, r in ms.problems])
-    import safetensors.torch
+    from modelport.to_torch import weights
 
     out = Path(out_dir)
-    seen: set[int] = set()  # one initializer read by several layers is written once per layer
-    tensors = {}
-    for k, v in state.items():
-        base = v.base if v.base is not None else v
-        tensors[k] = dtypes.to_torch(v, copy=id(base) in seen)
-        seen.add(id(base))
-    safetensors.torch.save_file(tensors, str(out / WEIGHTS_FILE))
+    weights.save(state, out / WEIGHTS_FILE)  # one tensor at a time; shards above the threshold
     (out / MODEL_FILE).write_text(source)
     meta.update({
         "source_sha256": path_sha or hashlib.sha256(model.SerializeToString()).hexdigest(),

@@ -12,7 +12,7 @@ from modelport.formats import LoadOptions, Runner, detect, open_runner
 from modelport.inputs import check_feeds, load_npz, make_inputs
 from modelport.verify.parity import OutputParity, ParityReport, RunParity, compare_outputs, match_names
 
-__all__ = ["verify", "compare_runners", "ParityReport", "RunParity", "OutputParity", "feeds_for", "failure_path",
+__all__ = ["verify", "compare_runners", "compare_in_turn", "ParityReport", "RunParity", "OutputParity", "feeds_for", "failure_path",
            "keep_failure_file", "FAILURE_KEYS"]
 
 # Keys of a kept failure file besides the inputs: both models' outputs.
@@ -128,6 +128,62 @@ def compare_runners(
     return ParityReport(a.path, b.path, a.format, b.format, tuple(runs), ok, source, failure_file=kept)
 
 
+def compare_in_turn(
+    open_a,
+    open_b,
+    *,
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    dims: dict[str, int] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    specs_of=None,
+    tolerances: dict[str, tuple[float, float]] | None = None,
+    keep_failure: Path | None = None,
+    capture: list | None = None,
+) -> ParityReport:
+    """:func:`compare_runners` for models whose weights fill memory: the two sides one after the other.
+
+    ``open_a``/``open_b``: callables returning a runner context (``open_runner(...)``). B is opened first
+    for its signature only (cheap where its weights are memory-mapped, as a generated torch directory's
+    are), then A runs every feed and is closed before B opens again and runs them; only inputs and
+    outputs stay in memory. ``specs_of(a_signature, b_signature)``: the input specs to draw from.
+    The noise-floor judge (it reruns A) is not applied here.
+    """
+    import gc
+
+    with open_b() as rb:
+        b_sig, bounds_b = rb.signature, rb.index_bounds()
+        del rb  # nothing may keep B's runner (an onnxruntime session holds its weights) while A runs
+    gc.collect()
+    with open_a() as ra:
+        if not ra.signature.inputs:
+            raise BadInputError("model has no inputs to feed", path=ra.path)
+        mapping = match_names(ra.signature.input_names, b_sig.input_names, "inputs")
+        bounds = {name_a: bounds_b[name_b] for name_a, name_b in mapping.items() if name_b in bounds_b}
+        specs = specs_of(ra.signature, b_sig) if specs_of is not None and inputs is None else None
+        feeds, source = feeds_for(ra, inputs=inputs, dims=dims, seed=seed, bounds=bounds, specs=specs)
+        refs = [ra.run(feed) for feed in feeds]
+        a_path, a_format = ra.path, ra.format
+        del ra
+    gc.collect()
+    with open_b() as rb:
+        gots = [rb.run(_rename(feed, mapping, rb.signature.inputs)) for feed in feeds]
+        b_path, b_format = rb.path, rb.format
+        del rb
+    gc.collect()
+    runs, kept = [], None
+    for feed, ref, got in zip(feeds, refs, gots):
+        shapes = {k: tuple(int(n) for n in v.shape) for k, v in feed.items()}
+        runs.append(RunParity(shapes, compare_outputs(ref, got, rtol=rtol, atol=atol, per_output=tolerances)))
+        if capture is not None and (not capture or (not runs[-1] and all(runs[:-1]))):
+            capture[:] = [(feed, ref, got)]
+        if not runs[-1] and keep_failure is not None and kept is None:
+            keep_failure_file(keep_failure, feed, ref, got)
+            kept = str(keep_failure)
+    return ParityReport(a_path, b_path, a_format, b_format, tuple(runs), all(runs), source, failure_file=kept)
+
+
 def verify(
     a: str | Path,
     b: str | Path,
@@ -171,6 +227,13 @@ def verify(
         b_options = LoadOptions(inputs=a_options.inputs)
     a_format, b_format = detect(a, a_format), detect(b, b_format)
     a_options, b_options = _constants_for(a_format, a_options), _constants_for(b_format, b_options)
+    from modelport.formats import onnx_data
+
+    if onnx_data.is_large(a) or onnx_data.is_large(b):
+        # weights above the external-data threshold: one model in memory at a time
+        return compare_in_turn(lambda: open_runner(a, a_format, a_options), lambda: open_runner(b, b_format, b_options),
+                               inputs=inputs, dims=dims, rtol=rtol, atol=atol, seed=seed, tolerances=tolerances,
+                               keep_failure=Path(keep_failure) if keep_failure is not None else None, capture=capture)
     with open_runner(a, a_format, a_options) as ra, open_runner(b, b_format, b_options) as rb:
         if not ra.signature.inputs:
             raise BadInputError("model has no inputs to feed", path=a)

@@ -7,6 +7,7 @@ from modelport.to_torch.ops import (  # noqa: F401
     legacy,
     loss,
     microsoft,
+    ml,
     nn,
     quant,
     reduce,

@@ -23,7 +23,7 @@ def _layer_name(n: Node, i: int) -> str:
 
 
 def _linear(n: Node, x: str, w_t: np.ndarray, b: np.ndarray | None, j: int = 0) -> None:
-    params = {"weight": np.ascontiguousarray(w_t)}
+    params = {"weight": w_t}  # made contiguous by ModuleState.layer (lazily for a memory-mapped weight)
     if b is not None:
         params["bias"] = b.reshape(-1)
     ctor = (f"nn.Linear({w_t.shape[1]}, {w_t.shape[0]}"
@@ -46,7 +46,7 @@ def matmul_1(n: Node) -> None:
             n.fuse(add)
             n.node_out_alias = add.output[0]
             name = n.out(0)
-            params = {"weight": np.ascontiguousarray(w.T), "bias": bias.reshape(-1)}
+            params = {"weight": w.T, "bias": bias.reshape(-1)}  # contiguous in ModuleState.layer
             ctor = f"nn.Linear({w.shape[0]}, {w.shape[1]}{_dtype_kw(w)})"
             layer = n.layer(_layer_name(n, 1), ctor, params)
             n.emit(f"{name} = {layer}({n.x(0)})", defines=(n.node.output[0], add.output[0]))

@@ -76,7 +76,10 @@ def reshape_5(n: Node) -> None:
         return
     v = n.val(1)
     if v.kind == "shape" and not allowzero:
-        n.assign(f"{x}.reshape({v.expr})")
+        if v.zero_parts:  # [0, *y.shape[1:2], 3, 8, 15] (paddle2onnx): 0 copies x's dim there
+            n.assign(f"{x}.reshape([{x}.shape[i] if d == 0 else d for i, d in enumerate({v.expr})])")
+        else:
+            n.assign(f"{x}.reshape({v.expr})")
         return
     n.assign(f"{n.helper('_reshape')}({x}, {n.ints(1)}, {allowzero})")
 
@@ -113,7 +116,9 @@ def concat_4(n: Node) -> None:
                 parts.extend(it)
                 if items is not None:
                     items.extend(it)
-        n.assign("[" + ", ".join(parts) + "]", kind="shape", items=items)
+        name = n.assign("[" + ", ".join(parts) + "]", kind="shape", items=items)
+        if items is None and "0" in parts:
+            n.set(0, Value(name, "shape", zero_parts=True))
         return
     xs = [n.x(i) for i in idx]
     n.assign(f"torch.cat([{', '.join(xs)}], dim={axis})")

@@ -1,0 +1,279 @@
+"""Models above the external-data threshold (issue 11, "Large models"), proven small.
+
+The mechanism that lets every command work on ONNX files whose weights exceed protobuf's 2 GiB limit
+(weights memory-mapped from external data, never copied into a protobuf; outputs written with external
+data and torch weights as safetensors shards; the two sides of a parity check one after the other) starts
+above ``MODELPORT_EXTERNAL_DATA_THRESHOLD`` bytes. The tests lower it to 64 KiB and use MLPs of a few
+hundred KiB, so every large-model path runs in seconds; benchmarks/large_models.py runs the same commands
+on 2 GiB and 4+ GiB models and measures their peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+THRESHOLD = 64 * 1024
+WIDTH = 96  # 96x96 float32 = 36 KiB per weight: three of them exceed the threshold, each alone does not
+
+
+def _mlp(path: Path, width: int = WIDTH, layers: int = 3, seed: int = 0) -> Path:
+    """MatMul+Add+Relu layers (the last MatMul alone), saved by onnx with every tensor in external data."""
+    rng = np.random.default_rng(seed)
+    inits, nodes, x = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        last = i == layers - 1
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], ["y" if last else f"m{i}"], name=f"fc{i}"))
+        if not last:
+            inits.append(numpy_helper.from_array(rng.standard_normal(width).astype(np.float32) * 0.1, f"b{i}"))
+            nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"bias{i}"))
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"], name=f"relu{i}"))
+            x = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=0)
+    return path
+
+
+@pytest.fixture
+def large(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MODELPORT_EXTERNAL_DATA_THRESHOLD", str(THRESHOLD))
+    return _mlp(tmp_path / "src" / "mlp.onnx")
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _x(n: int = 4) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((n, WIDTH)).astype(np.float32)
+
+
+def _one_line(err: str, *fragments: str) -> str:
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in line and "internal error" not in line, err
+    assert line.startswith("modelport: error: "), line
+    for frag in fragments:
+        assert frag in line, line
+    return line
+
+
+# --------------------------------------------------------------------------- the mechanism
+
+
+def test_external_tensors_are_memory_mapped_and_released(large):
+    from modelport.formats import onnx_data
+
+    bare = onnx.load(str(large), load_external_data=False)
+    full = onnx.load(str(large))
+    assert onnx_data.has_external(bare) and onnx_data.weight_bytes(bare) > THRESHOLD
+    assert onnx_data.is_large(large)
+    for t_bare, t_full in zip(bare.graph.initializer, full.graph.initializer):
+        arr = onnx_data.array(t_bare, large.parent)
+        assert isinstance(arr, np.memmap) and onnx_data.is_mapped(arr.T)  # a view of a map is still mapped
+        np.testing.assert_array_equal(arr, numpy_helper.to_array(t_full))
+        onnx_data.release(arr)  # pages given back: the values read again from the file, unchanged
+        np.testing.assert_array_equal(arr, numpy_helper.to_array(t_full))
+    assert not onnx_data.is_mapped(numpy_helper.to_array(full.graph.initializer[0]))
+
+
+def test_threshold_decides_and_save_copies_external_tensors(large, tmp_path, monkeypatch):
+    from modelport.formats import onnx_data
+
+    bare = onnx.load(str(large), load_external_data=False)
+    out = tmp_path / "copy" / "m.onnx"
+    out.parent.mkdir()
+    assert onnx_data.save(bare, out, base_dir=large.parent) is True
+    assert (out.parent / "m.onnx.data").is_file()
+    info = {e.key: e.value for e in onnx.load(str(out), load_external_data=False).graph.initializer[0].external_data}
+    assert info["location"] == "m.onnx.data" and int(info.get("offset", 0)) % 4096 == 0
+    np.testing.assert_array_equal(_run(out, _x()), _run(large, _x()))
+    monkeypatch.setenv("MODELPORT_EXTERNAL_DATA_THRESHOLD", str(10 << 20))  # above the weights: embedded
+    assert not onnx_data.is_large(large)
+    small = tmp_path / "copy" / "embedded.onnx"
+    assert onnx_data.save(onnx.load(str(large), load_external_data=False), small, base_dir=large.parent) is False
+    assert not onnx_data.file_has_external(small)
+    np.testing.assert_array_equal(_run(small, _x()), _run(large, _x()))
+
+
+def test_safetensors_shards_stream_from_maps_and_load_mapped(large, tmp_path):
+    import torch
+
+    from modelport.formats import onnx_data, safetensors_io
+    from modelport.to_torch import weights as torch_weights
+
+    bare = onnx.load(str(large), load_external_data=False)
+    w = onnx_data.array(bare.graph.initializer[0], large.parent)
+    state = {"a.weight": w.T, "b.weight": w, "c.bias": np.arange(5, dtype=np.float32), "d.n": np.array(3, np.int64)}
+    weights = tmp_path / "st" / "weights.safetensors"
+    weights.parent.mkdir()
+    files = torch_weights.save(state, weights, shard_bytes=w.nbytes + 64)
+    assert len(files) == 3 and safetensors_io.is_sharded(weights) and not weights.exists()
+    loaded = safetensors_io.load(weights)
+    assert set(loaded) == set(state)
+    for k, v in state.items():
+        np.testing.assert_array_equal(loaded[k].numpy(), np.asarray(v))
+    assert loaded["d.n"].dtype == torch.int64 and loaded["a.weight"].is_contiguous()
+    from safetensors.torch import load_file  # each shard is a plain safetensors file
+
+    first = load_file(str(files[0]))
+    np.testing.assert_array_equal(first["a.weight"].numpy(), np.ascontiguousarray(w.T))
+
+
+# --------------------------------------------------------------------------- every command above the threshold
+
+
+def test_inspect_and_check_read_no_weights(large, cli):
+    shutil.copyfile(large.with_name("mlp.onnx.data"), large.with_name("mlp.onnx.data.bak"))
+    # The weights are never read: with their bytes replaced (same size), inspect and check say the same.
+    res = cli("check", large, "--target", "onnxruntime-cpu", "--json")
+    assert res.exit_code == 0, res.stderr
+    before = json.loads(res.stdout)
+    data = large.with_name("mlp.onnx.data")
+    data.write_bytes(b"\xff" * data.stat().st_size)
+    res = cli("check", large, "--target", "onnxruntime-cpu", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["problems"] == before["problems"] == []
+    assert not any("shape inference failed" in n for n in json.loads(res.stdout)["notes"])
+    res = cli("inspect", large, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["params"] == 3 * WIDTH * WIDTH + 2 * WIDTH
+
+
+def test_convert_to_torch_writes_shards_and_verifies_in_turn(large, tmp_path, cli):
+    import torch
+
+    out = tmp_path / "torch_out"
+    res = cli("convert", large, "--to", "torch", "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["ok"] is True and len(report["parity"]["runs"]) == 2
+    shards = sorted(p.name for p in out.glob("weights-*.safetensors"))
+    assert len(shards) >= 2 and (out / "weights.safetensors.index.json").is_file()
+    assert not (out / "weights.safetensors").exists()
+    index = json.loads((out / "weights.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    from modelport.formats.torch_dir import load_module
+
+    net = load_module(out)  # the generated code with plain torch, weights mapped from the shards
+    x = _x()
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, _run(large, x), rtol=1e-4, atol=1e-5)
+    meta = json.loads((out / "modelport_torch.json").read_text())
+    import hashlib
+
+    assert meta["source_sha256"] == hashlib.sha256(large.read_bytes()).hexdigest()
+
+
+def test_compress_dynamic_matches_onnxruntimes_quantizer(large, tmp_path, cli):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = tmp_path / "q" / "mlp.int8.onnx"
+    res = cli("compress", large, "--quantize", "dynamic", "-o", out, "--json", "--runs", "0")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert any("memory-mapped" in n for n in report["notes"])
+    assert (out.parent / "mlp.int8.onnx.data").is_file() and sorted(p.name for p in out.parent.iterdir()) == [
+        "mlp.int8.onnx", "mlp.int8.onnx.data"]
+    assert report["after"]["file_bytes"] < 0.5 * report["before"]["file_bytes"]
+    ops = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
+    assert ops.count("MatMulInteger") == 3 and "MatMul" not in ops
+    # the same model through onnxruntime's own quantizer (embedded weights, below its limit): the same outputs
+    embedded = tmp_path / "ort" / "mlp.onnx"
+    embedded.parent.mkdir()
+    onnx.save(onnx.load(str(large)), str(embedded))
+    ref = tmp_path / "ort" / "mlp.int8.onnx"
+    from modelport.quiet import quiet
+
+    with quiet():
+        quantize_dynamic(str(embedded), str(ref), per_channel=True, weight_type=QuantType.QInt8)
+    x = _x()
+    np.testing.assert_array_equal(_run(out, x), _run(ref, x))
+    assert 0 < np.abs(_run(out, x) - _run(large, x)).max() < 0.1  # quantized: close, not equal
+
+
+def test_adapt_opset_writes_external_data_named_for_the_output(large, tmp_path, cli):
+    out = tmp_path / "a" / "mlp13.onnx"
+    res = cli("adapt", large, "--opset", "13", "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["parity"]["ok"] is True
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlp13.onnx", "mlp13.onnx.data"]
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(out.parent), str(moved))  # the pair is self-contained: nothing points back at the source
+    shutil.rmtree(large.parent)
+    model = onnx.load(str(moved / "mlp13.onnx"), load_external_data=False)
+    assert next(o.version for o in model.opset_import if o.domain == "") == 13
+    assert _run(moved / "mlp13.onnx", _x()).shape == (4, WIDTH)
+
+
+def test_verify_and_bench_take_a_large_model(large, tmp_path, cli):
+    out = tmp_path / "a" / "mlp13.onnx"
+    assert cli("adapt", large, "--opset", "13", "-o", out).exit_code == 0
+    res = cli("verify", large, out, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["ok"] is True, res.stderr
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_truncated_external_data_is_a_clean_error(large, tmp_path, cli):
+    data = large.with_name("mlp.onnx.data")
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    for args in (("convert", large, "--to", "torch", "-o", tmp_path / "t"),
+                 ("compress", large, "--quantize", "dynamic", "-o", tmp_path / "q.onnx"),
+                 ("adapt", large, "--opset", "13", "-o", tmp_path / "a.onnx")):
+        res = cli(*args)
+        assert res.exit_code == 2, (args, res.stderr)
+        _one_line(res.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing half-written
+
+
+def test_modes_that_would_load_the_weights_are_refused(large, tmp_path, cli):
+    res = cli("compress", large, "--quantize", "int4", "-o", tmp_path / "q.onnx")
+    assert res.exit_code == 3
+    _one_line(res.stderr, "--quantize int4", str(THRESHOLD), "--quantize dynamic is")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_bad_threshold_value(large, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("MODELPORT_EXTERNAL_DATA_THRESHOLD", "two gigs")
+    res = cli("convert", large, "--to", "torch", "-o", tmp_path / "t")
+    assert res.exit_code == 2
+    _one_line(res.stderr, "MODELPORT_EXTERNAL_DATA_THRESHOLD", "two gigs")
+
+
+def test_corrupt_shards_are_clean_errors(large, tmp_path, cli):
+    from modelport.errors import BadInputError
+    from modelport.formats import safetensors_io
+
+    out = tmp_path / "torch_out"
+    assert cli("convert", large, "--to", "torch", "-o", out).exit_code == 0
+    index = out / "weights.safetensors.index.json"
+    shard = sorted(out.glob("weights-*.safetensors"))[0]
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[: len(raw) // 2])  # the header promises more bytes than there are
+    with pytest.raises(BadInputError, match="outside the file"):
+        safetensors_io.load(out / "weights.safetensors")
+    shard.write_bytes(raw)
+    doc = json.loads(index.read_text())
+    doc["weight_map"][next(iter(doc["weight_map"]))] = "../escape.safetensors"
+    index.write_text(json.dumps(doc))
+    res = cli("inspect", out)
+    assert res.exit_code == 2
+    _one_line(res.stderr, "outside its directory")
