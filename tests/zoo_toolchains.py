@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["shared_cache", "use_shared_cache", "paddle_toolchain", "NETWORK_HINTS"]
+__all__ = ["shared_cache", "use_shared_cache", "paddle_toolchain", "mindspore_toolchain", "mxnet_toolchain", "NETWORK_HINTS"]
 
 # What uv/pip say when the registry cannot be reached: only then is a toolchain test skipped.
 NETWORK_HINTS = ("failed to fetch", "network", "dns", "connection", "could not connect", "timed out",
@@ -57,3 +57,45 @@ def paddle_toolchain(monkeypatch):
     if isinstance(result, Exception):
         pytest.skip(f"the paddle toolchain cannot be installed without network here: {result}")
     return toolchains.require("paddle")
+
+
+def mindspore_toolchain(monkeypatch):
+    """The `mindspore` toolchain installed in the shared cache (a 2.8 GB wheel: built on first use,
+    then reused); skips only when offline."""
+    from modelport import toolchains
+    from modelport.toolchains import ToolchainInstallError
+
+    use_shared_cache(monkeypatch)
+    if "mindspore" not in _INSTALLED:
+        try:
+            _INSTALLED["mindspore"] = toolchains.install("mindspore")
+        except ToolchainInstallError as exc:
+            if any(h in str(exc).lower() for h in NETWORK_HINTS):
+                _INSTALLED["mindspore"] = exc
+            else:
+                raise
+    result = _INSTALLED["mindspore"]
+    if isinstance(result, Exception):
+        pytest.skip(f"the mindspore toolchain cannot be installed without network here: {result}")
+    return toolchains.require("mindspore")
+
+
+def mxnet_toolchain(monkeypatch):
+    """The `mxnet` toolchain (MXNet 1.9.1, numpy 1.23, onnx 1.14) installed in the shared cache
+    (built on first use, then reused); skips only when offline."""
+    from modelport import toolchains
+    from modelport.toolchains import ToolchainInstallError
+
+    use_shared_cache(monkeypatch)
+    if "mxnet" not in _INSTALLED:
+        try:
+            _INSTALLED["mxnet"] = toolchains.install("mxnet")
+        except ToolchainInstallError as exc:
+            if any(h in str(exc).lower() for h in NETWORK_HINTS):
+                _INSTALLED["mxnet"] = exc
+            else:
+                raise
+    result = _INSTALLED["mxnet"]
+    if isinstance(result, Exception):
+        pytest.skip(f"the mxnet toolchain cannot be installed without network here: {result}")
+    return toolchains.require("mxnet")

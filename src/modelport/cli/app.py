@@ -15,8 +15,10 @@ from modelport.cli import (
     check_cmd,
     compress_cmd,
     convert_cmd,
+    data_cmd,
     demo_cmd,
     distill_cmd,
+    federate_cmd,
     inspect_cmd,
     registry_cmd,
     scan_cmd,
@@ -57,8 +59,8 @@ def _root(
     """Move trained models between frameworks and platforms, and prove they still do the same thing."""
 
 
-for module in (convert_cmd, verify_cmd, inspect_cmd, bench_cmd, check_cmd, adapt_cmd, compress_cmd, distill_cmd, demo_cmd,
-               registry_cmd, sign_cmd, scrub_cmd, scan_cmd, toolchain_cmd):
+for module in (convert_cmd, verify_cmd, inspect_cmd, bench_cmd, check_cmd, adapt_cmd, compress_cmd, distill_cmd, demo_cmd, federate_cmd,
+               registry_cmd, sign_cmd, scrub_cmd, scan_cmd, toolchain_cmd, data_cmd):
     module.register(app)
 
 

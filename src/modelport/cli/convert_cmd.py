@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         require_signature: RequireSignatureOpt = None,
         scrub: Annotated[bool, typer.Option("--scrub", help="Remove paths, user/host names and stack traces from the ONNX output's metadata.")] = False,
         trust: Annotated[bool, typer.Option("--trust", help="Load a SavedModel even if its graph reads/writes files, reaches the network or runs Python.")] = False,
+        trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Unpickle a .joblib/.pkl model (loading a pickle runs its code: only for files you trust).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Convert a model to another format and verify it still computes the same outputs."""
@@ -62,10 +63,11 @@ def register(app: typer.Typer) -> None:
 
         from modelport.verify.noise import enabled as noise_floor
 
+        from modelport.formats.sklearn_format import trusting_pickles
         from modelport.security.loaders import trusting
 
         with progress(not as_json, f"converting {src} -> {to}") as update, noise_floor(not no_noise_floor), \
-                trusting(trust):
+                trusting(trust), trusting_pickles(trust_pickle):
             report = api.convert(
                 src, to, out, src_format=src_format, weights=weights, input_specs=input, opset=opset,
                 dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims,

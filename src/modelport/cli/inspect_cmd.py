@@ -29,13 +29,17 @@ def register(app: typer.Typer) -> None:
         weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for a module file.")] = None,
         input: Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32.")] = None,
         require_signature: RequireSignatureOpt = None,
+        trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Unpickle a .joblib/.pkl model (loading a pickle runs its code: only for files you trust).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Show what a model is: format, IO signature, opset, op histogram, parameters, MACs, size."""
         import modelport as api
 
         require_signed(require_signature, model, weights)
-        report = api.inspect(model, fmt=fmt, weights=weights, input_specs=input)
+        from modelport.formats.sklearn_format import trusting_pickles
+
+        with trusting_pickles(trust_pickle):
+            report = api.inspect(model, fmt=fmt, weights=weights, input_specs=input)
         if as_json:
             emit_json(report)
             return

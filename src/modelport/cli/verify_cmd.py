@@ -96,6 +96,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         no_noise_floor: NoNoiseFloorOpt = False,
         require_signature: RequireSignatureOpt = None,
+        trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Unpickle a .joblib/.pkl model (loading a pickle runs its code: only for files you trust).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Compare two models of any formats on the same inputs (exit 1 when they differ)."""
@@ -104,13 +105,15 @@ def register(app: typer.Typer) -> None:
         import modelport as api
         from modelport.errors import BadInputError
         from modelport.verify import failure_path
+        from modelport.formats.sklearn_format import trusting_pickles
         from modelport.verify.noise import enabled as noise_floor
 
         if arbiter not in (None, "reference"):
             raise BadInputError(f"--arbiter {arbiter!r}: the one arbiter is 'reference' (onnx.reference)")
         require_signed(require_signature, a, b, weights, b_weights)
 
-        with progress(not as_json, f"verifying {b} against {a}"), noise_floor(not no_noise_floor):
+        with progress(not as_json, f"verifying {b} against {a}"), noise_floor(not no_noise_floor), \
+                trusting_pickles(trust_pickle):
             report = api.verify(
                 a, b, a_format=a_format, b_format=b_format, weights=weights, b_weights=b_weights, input_specs=input,
                 inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device, tol=tol,

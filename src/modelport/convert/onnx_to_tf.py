@@ -114,13 +114,38 @@ def _kept_layout_inputs(model) -> list[str]:
     ]
 
 
+def _symbolic(d) -> bool:
+    """A dim without a size: a name, nothing, or a negative size (paddle2onnx writes -1)."""
+    return not d.HasField("dim_value") or d.dim_value <= 0
+
+
+def _dim_key(name: str, pos: int, d) -> str:
+    """A dim's name, shared by the dims that have it; ``x[2]`` for an unnamed one ("?" names none: paddle2onnx)."""
+    return d.dim_param if d.dim_param and d.dim_param != "?" else f"{name}[{pos}]"
+
+
 def _frozen_sizes(model, batch: int, other: int) -> dict[str, int]:
     """A size for each symbolic input dim: ``batch`` for leading dims, ``other`` elsewhere."""
     sizes: dict[str, int] = {}
     for vi in model.graph.input:
         for pos, d in enumerate(vi.type.tensor_type.shape.dim):
-            if not d.HasField("dim_value"):
-                sizes.setdefault(d.dim_param or f"{vi.name}[{pos}]", batch if pos == 0 else other)
+            if _symbolic(d):
+                sizes.setdefault(_dim_key(vi.name, pos, d), batch if pos == 0 else other)
+    return sizes
+
+
+def _given_sizes(model, specs) -> dict[str, int]:
+    """The sizes the user's ``--input`` specs give the graph's symbolic input dims (a recognizer's height 48)."""
+    given = {s.name: s.shape for s in specs if s.shape is not None}
+    sizes: dict[str, int] = {}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        shape = given.get(vi.name)
+        if shape is None or len(shape) != len(dims):
+            continue
+        for pos, (d, n) in enumerate(zip(dims, shape)):
+            if _symbolic(d) and isinstance(n, int) and n > 0:
+                sizes[_dim_key(vi.name, pos, d)] = n
     return sizes
 
 
@@ -137,8 +162,8 @@ def _freeze_dims(model, sizes: dict[str, int]):
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for vi in [*model.graph.input, *model.graph.output]:
         for pos, d in enumerate(vi.type.tensor_type.shape.dim):
-            key = d.dim_param or f"{vi.name}[{pos}]"
-            if not d.HasField("dim_value") and key in sizes:
+            key = _dim_key(vi.name, pos, d)
+            if _symbolic(d) and key in sizes:
                 d.Clear()
                 d.dim_value = sizes[key]
     del model.graph.value_info[:]
@@ -327,6 +352,7 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
             skipped = f"quantized graph converted without its QDQ preparation ({type(exc).__name__}: {why})"
     kept = _kept_layout_inputs(model)
     sizes = _frozen_sizes(model, 1, 16)
+    sizes.update(_given_sizes(model, options.inputs))  # where a freeze is needed, at the user's shapes
     asked = _parse_dims(options.get("static_dims"))
     sizes.update(asked)
     folder = folder.resolve()  # onnx2tf runs in a scratch cwd: paths resolved before it changes

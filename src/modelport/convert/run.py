@@ -135,6 +135,24 @@ def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol,
 
     def verify(source: Artifact, result: Artifact, tolerance: tuple[float, float] | None) -> Verdict:
         r, a = (rtol, atol) if rtol is not None or atol is not None or tolerance is None else tolerance
+        from modelport.formats import onnx_data
+
+        if eval_data is None and fmt == "onnx" and onnx_data.is_large(source.path):
+            # weights above the external-data threshold: the two sides run one after the other
+            from modelport.verify import compare_in_turn
+
+            src_options = LoadOptions(weights=options.weights, inputs=options.inputs)
+            parity = compare_in_turn(lambda: open_runner(source.path, fmt, src_options),
+                                     lambda: open_runner(result.path, result.format), inputs=inputs, dims=dims,
+                                     rtol=r, atol=a, seed=seed, tolerances=tolerances,
+                                     specs_of=lambda sa, sb: _verify_specs(fmt, sa, sb), keep_failure=keep_failure)
+            summary = f"converted model does not match the source: {parity.summary()}"
+            if parity.failure_file:
+                command = reproduce(parity.failure_file) if reproduce else None
+                parity = dataclasses.replace(parity, reproduce=command)
+                summary += f"; failing inputs and both outputs kept in {parity.failure_file}" + (
+                    f"; reproduce: {command}" if command else "")
+            return Verdict(parity.ok, summary, parity, None)
         with open_runner(source.path, fmt, LoadOptions(weights=options.weights, inputs=options.inputs)) as ra, \
                 open_runner(result.path, result.format) as rb:
             parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=r, atol=a, seed=seed, tolerances=tolerances,

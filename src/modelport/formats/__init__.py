@@ -29,7 +29,11 @@ FORMATS: dict[str, str] = {
     "caffe": "modelport.formats.caffe_format",  # by suffix: a .prototxt (its .caffemodel beside it)
     "paddle": "modelport.formats.paddle_format",  # NAME.json (PIR) or NAME.pdmodel, with NAME.pdiparams
     "paddle-layer": "modelport.formats.paddle_layer",  # file.py:Name importing paddle, with --weights .pdparams
+    "mxnet": "modelport.formats.mxnet_format",  # PREFIX-symbol.json (by content), with PREFIX-EPOCH.params
+    "mindspore": "modelport.formats.mindspore_format",  # a .mindir file (MindSpore's MindIR)
+    "mindspore-cell": "modelport.formats.mindspore_cell",  # file.py:Name importing mindspore, with --weights .ckpt
     "openvino": "modelport.formats.openvino_format",
+    "sklearn": "modelport.formats.sklearn_format",  # .skops, .joblib/.pkl (--trust-pickle), XGBoost .ubj/.json, LightGBM .txt
 }
 
 
@@ -54,6 +58,8 @@ def detect(path: str | Path, fmt: str | None = None) -> str:
         module_for(fmt)
         return fmt
     if split_module_spec(str(path)):
+        if module_for("mindspore-cell").detect(Path(path)):
+            return "mindspore-cell"
         return "paddle-layer" if module_for("paddle-layer").detect(Path(path)) else "torch-module"
     p = Path(path)
     if not p.exists():
@@ -61,6 +67,9 @@ def detect(path: str | Path, fmt: str | None = None) -> str:
     for name in FORMATS:
         if module_for(name).detect(p):
             return name
+    if p.suffix.lower() == ".mindrecord":
+        raise BadInputError("a MindRecord file is a dataset (MindSpore's), not a model: give it as --inputs, "
+                            "--calibration, --eval or --data, or convert it with `modelport data convert`", path=path)
     refuse_pickles(p)
     if p.is_dir():
         raise BadInputError(

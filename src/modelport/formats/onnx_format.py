@@ -287,8 +287,10 @@ def value_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
     if tt.HasField("shape"):
         dims: list[int | str | None] = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(int(d.dim_value))
+            elif d.HasField("dim_value"):  # a negative size (paddle2onnx writes -1): not known
+                dims.append(None)
             elif d.HasField("dim_param"):
                 dims.append(d.dim_param)
             else:

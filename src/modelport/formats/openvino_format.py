@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.artifact import Signature, TensorSpec
-from modelport.errors import BadInputError
+from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats.base import BaseRunner, LoadOptions, fill_signature, read_head, require
 
 NAME = "openvino"
@@ -74,8 +74,15 @@ class OpenVINORunner(BaseRunner):
         return self._signature
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = [np.ascontiguousarray(feeds[s.name]) for s in self._signature.inputs]
-        results = self._request.infer(arrays, share_inputs=False)
+        # np.require, not np.ascontiguousarray: that makes a 0-d input (silero's sr) 1-d, which a port of shape [] refuses
+        arrays = [np.require(feeds[s.name], requirements="C") for s in self._signature.inputs]
+        try:
+            results = self._request.infer(arrays, share_inputs=False)
+        except RuntimeError as exc:
+            shapes = ", ".join(f"{s.name}={tuple(a.shape)}" for s, a in zip(self._signature.inputs, arrays))
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise UnsupportedError(f"OpenVINO cannot run the model at input shapes {shapes} ({(lines or ['?'])[-1][:200]})",
+                                   path=self.path) from None
         return {s.name: np.array(results[port]) for s, port in zip(self._signature.outputs, self.compiled.outputs)}
 
 

@@ -65,7 +65,7 @@ class TFLiteRunner(BaseRunner):
     def __init__(self, path: str, options: LoadOptions) -> None:
         super().__init__(path)
         litert = require("ai_edge_litert.interpreter", "tf", "TFLite models")
-        self._new_interp = lambda: litert.Interpreter(model_path=path, num_threads=options.threads or None)
+        self._litert, self._threads, self._delegates = litert, options.threads or None, True
         try:
             self.interp = self._new_interp()
             named_in, named_out = io_details(self.interp)
@@ -78,6 +78,12 @@ class TFLiteRunner(BaseRunner):
         outputs = tuple(self._spec(n, d) for n, d in named_out)
         self._signature = Signature(fill_signature(inputs, options.inputs, path), outputs)
         self._allocated_shapes: list[tuple[int, ...]] | None = None
+
+    def _new_interp(self):
+        if self._delegates:
+            return self._litert.Interpreter(model_path=self.path, num_threads=self._threads)
+        return self._litert.Interpreter(model_path=self.path, num_threads=self._threads,
+                                        experimental_op_resolver_type=self._litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
     @staticmethod
     def _spec(name: str, d: dict) -> TensorSpec:
@@ -121,10 +127,32 @@ class TFLiteRunner(BaseRunner):
         shapes = [a.shape for a in arrays]
         if shapes != self._allocated_shapes:
             self._allocate(shapes)
+        try:
+            self._invoke(arrays)
+        except RuntimeError as exc:
+            # XNNPack can refuse at invoke what it accepted at allocation ("XNNPack delegate failed to
+            # reshape runtime ... failed to prepare", dynamic dims): LiteRT's builtin kernels run it.
+            if not self._delegates:
+                raise self._cannot_run(shapes, exc) from None
+            self._delegates, self._allocated_shapes = False, None
+            self.interp = self._new_interp()
+            self._allocate(shapes)
+            try:
+                self._invoke(arrays)
+            except RuntimeError as exc2:
+                raise self._cannot_run(shapes, exc2) from None
+        return {s.name: self.interp.get_tensor(d["index"]).copy() for s, d in zip(self._signature.outputs, self._out)}
+
+
+    def _invoke(self, arrays: list[np.ndarray]) -> None:
         for d, a in zip(self._in, arrays):
             self.interp.set_tensor(d["index"], a.astype(d["dtype"], copy=False))
         self.interp.invoke()
-        return {s.name: self.interp.get_tensor(d["index"]).copy() for s, d in zip(self._signature.outputs, self._out)}
+
+    def _cannot_run(self, shapes, exc: Exception) -> UnsupportedError:
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        names = ", ".join(f"{s.name}={tuple(shape)}" for s, shape in zip(self._signature.inputs, shapes))
+        return UnsupportedError(f"TFLite model fails at input shapes {names} (LiteRT: {text})", path=self.path)
 
 
 def open(path: str, options: LoadOptions) -> TFLiteRunner:  # noqa: A001

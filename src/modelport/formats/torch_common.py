@@ -83,7 +83,7 @@ class TorchCallableRunner(BaseRunner):
         for spec in self._inputs:
             if spec.name not in feeds:
                 raise BadInputError(f"missing input {spec.name!r}", path=self.path)
-            args.append(torch.from_numpy(np.ascontiguousarray(feeds[spec.name])).to(self.device))
+            args.append(torch.from_numpy(np.require(feeds[spec.name], requirements="C")).to(self.device))  # 0-d stays 0-d
         try:
             with torch.inference_mode():
                 out = self.fn(*args)

@@ -37,7 +37,13 @@ def load_module(out_dir: str | os.PathLike):
     spec.loader.exec_module(module)
     with torch.device("meta"):
         net = getattr(module, CLASS_NAME)()
-    state = safetensors.torch.load_file(str(out / WEIGHTS_FILE))
+    from modelport.formats import onnx_data, safetensors_io
+
+    weights = out / WEIGHTS_FILE
+    if safetensors_io.is_sharded(weights) or (weights.is_file() and weights.stat().st_size > onnx_data.threshold()):
+        state = safetensors_io.load(weights)  # memory-mapped: no copy of the weights
+    else:
+        state = safetensors.torch.load_file(str(weights))
     net.load_state_dict(state, strict=True, assign=True)
     return net.eval()
 
@@ -71,6 +77,10 @@ class TorchDirRunner(TorchCallableRunner):
         self._output_names = [e["name"] if isinstance(e, dict) else e for e in outputs]
         self._output_shapes = [_spec(e).shape if isinstance(e, dict) else None for e in outputs]
         self.module = module
+        if outputs and all(isinstance(e, dict) and e.get("dtype") for e in outputs):
+            # The recorded signature is complete: no probe run on made-up inputs (a recognizer that
+            # needs height 48 fails on them), the first real run only checks it.
+            self._outputs = tuple(_spec(e) for e in outputs)
 
     def _set_outputs(self, outs):
         names = self._output_names
