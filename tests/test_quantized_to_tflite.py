@@ -202,7 +202,10 @@ def test_int8_io_tflite_through_onnx_to_tflite_judged_on_the_task(int8_onnx, tmp
 
     src, onnx_path = int8_onnx("mlp", "int8io")
     _, _, x, y = zoo_tf.digits()
-    np.savez(tmp_path / "eval.npz", input_layer=_quantize(x.reshape(len(x), 64), src), labels=y)
+    # Keras numbers its default layer names per process (input_layer, input_layer_1, ...): ask the file
+    with open_runner(src) as lite:
+        name = lite.signature.inputs[0].name
+    np.savez(tmp_path / "eval.npz", **{name: _quantize(x.reshape(len(x), 64), src)}, labels=y)
     res = cli("convert", onnx_path, "--to", "tflite", "-o", tmp_path / "io.tflite", "--eval", tmp_path / "eval.npz",
               "--max-drop", "0.01", "--json")
     assert res.exit_code == 0, res.stderr
@@ -216,7 +219,7 @@ def test_int8_io_tflite_through_onnx_to_tflite_judged_on_the_task(int8_onnx, tmp
     out = Interpreter(model_path=str(tmp_path / "io.tflite")).get_output_details()[0]
     assert out["dtype"] == np.int8  # still the int8 output the source file gives
     with open_runner(src) as lite, open_runner(tmp_path / "io.tflite") as back:
-        feed = {"input_layer": _quantize(x.reshape(len(x), 64), src)}
+        feed = {name: _quantize(x.reshape(len(x), 64), src)}
         ref, got = lite.run(feed)["output_0"], back.run(feed)["output_0"]
     assert int(np.abs(ref.astype(np.int32) - got.astype(np.int32)).max()) <= 1  # one quantum at most, against LiteRT
 

@@ -191,3 +191,44 @@ def test_find_links_expands_variables_and_drops_missing_folders(tmp_path, monkey
     monkeypatch.setenv("MP_TEST_WHEELS", str(wheels))
     monkeypatch.delenv("MP_TEST_UNSET", raising=False)
     assert toolchains.toolchain("x").find_links() == (str(wheels),)
+
+
+@pytest.mark.slow
+def test_simulation_with_secagg_plus(cli, fed, flower, tmp_path):
+    """SecAgg+ (Flower's workflow): the server sees only the masked sum of the three clients' updates, and
+    the global model still learns; Flower's own log shows the protocol ran to completion."""
+    config = _write(fed, "secagg.toml", rounds=1, strategy="fedavg", epochs=1, output="secagg.onnx",
+                    secagg={"num_shares": 3, "reconstruction_threshold": 2})
+    work = tmp_path / "work"
+    r = cli("federate", "--config", config, "--simulate", "--work-dir", work, "--json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["secagg"] == {"num_shares": 3, "reconstruction_threshold": 2}
+    assert rep["rounds"][1]["replies"] == 3 and rep["rounds"][1]["failures"] == []
+    log = (work / "simulation.log").read_text()
+    assert "Secure aggregation commencing." in log and "Secure aggregation completed." in log
+    out = Path(rep["output"])
+    measured = _accuracy(out, fed.test)
+    assert measured == pytest.approx(rep["final_accuracy"], abs=1e-9)
+    assert measured > rep["rounds"][0]["accuracy"] + 0.2
+    before, after = _inits(fed.canonical), _inits(out)
+    assert all(after[k].dtype == before[k].dtype for k in before)  # SecAgg+ dequantizes to float64: cast back
+    # every tensor moved but the conv bias that feeds a BatchNorm: its gradient is zero up to rounding (BN removes
+    # the mean), and SecAgg+'s quantization grid (range 8, 2**22 levels) maps a change of ~1e-9 back onto 0
+    unmoved = [k for k in rep_keys(work) if np.array_equal(before[k], after[k])]
+    assert unmoved in ([], ["conv/bias"]), unmoved
+    assert len(rep_keys(work)) >= 8
+
+
+def test_the_clients_environment_drops_what_onnx2tf_sets_in_ours(tmp_path, monkeypatch):
+    """onnx2tf sets TF_USE_LEGACY_KERAS=1 when imported (as earlier tests in a worker do): inherited, the toolchain's
+    Keras client would look for tf_keras and fail with an ImportError."""
+    import sys
+
+    from modelport.federated.run import _env
+
+    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = _env(Path(sys.executable), tmp_path)
+    assert "TF_USE_LEGACY_KERAS" not in env
+    assert env["PYTHONPATH"] == str(tmp_path / "app")

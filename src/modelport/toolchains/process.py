@@ -59,7 +59,9 @@ class DriverProcess:
         self.env_path = str(env.path)
         self.versions = dict(env.versions)
         self._log = None if _debug() else tempfile.TemporaryFile()
-        child_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+        # TF_USE_LEGACY_KERAS is what importing onnx2tf sets in this process, not the toolchain's business
+        child_env = {k: v for k, v in os.environ.items()
+                     if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "TF_USE_LEGACY_KERAS")}
         child_env.update(PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(
             [str(env.python), "-I", str(HERE / "driver.py"), str(HERE / ops_file)],
