@@ -281,9 +281,9 @@ def prepare(cfg: FedConfig, work: Path) -> tuple[Path, list[ClientResult]]:
 
 
 def _env(tc_python: Path, work: Path) -> dict[str, str]:
-    # TF_USE_LEGACY_KERAS: onnx2tf sets it to 1 when it is imported into this process; inherited, it sends the
-    # toolchain's tf.keras to tf_keras (not installed there) and the Keras client fails with an ImportError
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "TF_USE_LEGACY_KERAS")}
+    from modelport.toolchains.process import child_environ
+
+    env = child_environ()
     home = work / "flwr-home"
     home.mkdir(exist_ok=True)
     env.update({

@@ -21,7 +21,7 @@ from typing import Any
 from modelport.errors import BadInputError, ModelportError, UnsupportedError
 from modelport.toolchains.environment import require
 
-__all__ = ["DriverProcess", "ToolchainError"]
+__all__ = ["DriverProcess", "ToolchainError", "child_environ"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,6 +35,17 @@ def _debug() -> bool:
 
 
 _SHARED: dict[tuple[str, str], DriverProcess] = {}
+
+
+# What this process's environment must not pass to a toolchain's Python: which interpreter and packages
+# it runs with, and TF_USE_LEGACY_KERAS, which importing onnx2tf sets to 1 here (inherited, a toolchain's
+# tf.keras looks for tf_keras, not installed there, and fails with an ImportError).
+_NOT_INHERITED = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "TF_USE_LEGACY_KERAS")
+
+
+def child_environ() -> dict[str, str]:
+    """This process's environment, less what must not reach a toolchain's Python (``_NOT_INHERITED``)."""
+    return {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
 
 
 class DriverProcess:
@@ -59,9 +70,7 @@ class DriverProcess:
         self.env_path = str(env.path)
         self.versions = dict(env.versions)
         self._log = None if _debug() else tempfile.TemporaryFile()
-        # TF_USE_LEGACY_KERAS is what importing onnx2tf sets in this process, not the toolchain's business
-        child_env = {k: v for k, v in os.environ.items()
-                     if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "TF_USE_LEGACY_KERAS")}
+        child_env = child_environ()
         child_env.update(PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(
             [str(env.python), "-I", str(HERE / "driver.py"), str(HERE / ops_file)],
