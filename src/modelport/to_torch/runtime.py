@@ -629,6 +629,379 @@ def _rnn(kind, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, hidden=None
     return y, y_h, y_c
 
 
+def _fma32(a, b, c):
+    """float32 a * b + c rounded once, as an FMA instruction computes it (a * b is exact in float64)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+def _ort_poly(x2, coeffs):
+    """Horner's rule in float32 FMA steps, as onnxruntime's FMA3 kernels evaluate their polynomials."""
+    y = _fma32(x2, torch.tensor(coeffs[0]), torch.tensor(coeffs[1]))
+    for k in coeffs[2:]:
+        y = _fma32(x2, y, torch.tensor(k))
+    return y
+
+
+def _ort_sigmoid(x):
+    """onnxruntime's float32 logistic (MLAS, FMA3 kernel): a rational approximation on [-18, 18]."""
+    v = x.float().clamp(-18.0, 18.0)
+    x2 = v * v
+    p = _ort_poly(x2, [4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
+                       8.51377133304701e-03, 2.48287947061529e-01])
+    q = _ort_poly(x2, [6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06,
+                       1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01])
+    return torch.clamp(v * p / q + 0.5, min=0)
+
+
+def _ort_tanh(x):
+    """onnxruntime's float32 tanh (MLAS, FMA3 kernel): a rational approximation on [-9, 9]."""
+    v = x.float().clamp(-9.0, 9.0)
+    x2 = v * v
+    p = _ort_poly(x2, [-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                       5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                       4.89352455891786e-03])
+    q = _ort_poly(x2, [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                       4.89352518554385e-03])
+    return v * p / q
+
+
+def _ort_qparams(x):
+    """onnxruntime's dynamic uint8 quantization of a float tensor (GetQuantizationParameter): the range
+    [min(x, 0), max(x, 0)] over 255 steps (scale 1 when x is all zeros), zero point rounded half to even."""
+    lo = torch.clamp(x.min(), max=0).float()
+    hi = torch.clamp(x.max(), min=0).float()
+    scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / 255)
+    return scale, torch.round(torch.clamp(-lo / scale, 0, 255))
+
+
+def _ort_dyn_gemm(a, b_centered, b_scale):
+    """A float matrix times int8/uint8 weights as onnxruntime's quantized GEMM computes it: A quantized
+    to uint8 over all its elements, exact integer products, then float32 acc * (a_scale * b_scale)."""
+    s, zp = _ort_qparams(a)
+    q = torch.clamp(torch.round(a.float() / s) + zp, 0, 255)
+    acc = (q - zp).double() @ b_centered
+    return acc.float() * (s * b_scale.float())
+
+
+def _centered(q, zp=None):
+    """Integer weights (or activations) minus their zero point, as float64 (exact)."""
+    y = q.double()
+    return y if zp is None else y - zp.double()
+
+
+def _dq_matmul(a, b, b_scale, b_zp=None, bias=None):
+    """com.microsoft DynamicQuantizeMatMul: A quantized on the fly (uint8), B per tensor or per column."""
+    y = _ort_dyn_gemm(a, _centered(b, b_zp), b_scale)
+    return y if bias is None else y + bias
+
+
+def _mm_int_to_float(a, b, a_scale, b_scale, a_zp=None, b_zp=None, bias=None):
+    """com.microsoft MatMulIntegerToFloat: exact integer products times a_scale * b_scale, plus bias."""
+    acc = _centered(a, a_zp) @ _centered(b, b_zp)
+    y = acc.float() * (a_scale.float() * b_scale.float())
+    return y if bias is None else y + bias
+
+
+def _reverse_rows(x, lens):
+    """Each batch column's first lens[b] time steps reversed, the rest as they are (onnxruntime's
+    ReverseSequence in its RNN kernels)."""
+    seq = x.shape[0]
+    cols = []
+    for b, n in enumerate(lens):
+        n = min(n, seq)
+        idx = torch.cat([torch.arange(n - 1, -1, -1), torch.arange(n, seq)]).long()
+        cols.append(x[:, b].index_select(0, idx))
+    return torch.stack(cols, 1)
+
+
+def _qlstm(x, w, r, b=None, lens=None, h0=None, c0=None, p=None, w_scale=None, w_zp=None,
+           r_scale=None, r_zp=None, direction="forward", acts=None, clip=None, input_forget=0,
+           want_y=1, threads=None):
+    """com.microsoft DynamicQuantizeLSTM as onnxruntime's CPU kernel computes it: (Y, Y_h, Y_c).
+
+    W [dirs, input, 4*hidden] and R [dirs, hidden, 4*hidden] are int8/uint8 (gates i, o, f, c),
+    scales per direction or per gate column, one zero point per direction. Per direction, X's
+    live steps are quantized together once and each step's hidden state (per batch part) again,
+    each with its own range; gates are computed in float32 with onnxruntime's own sigmoid and tanh
+    approximations, so that a rounding step of a later dynamic quantization lands where it does there.
+    """
+    fns = {"Sigmoid": lambda v: _ort_sigmoid(v), "Tanh": lambda v: _ort_tanh(v), "Relu": torch.relu}
+    seq, batch = x.shape[0], x.shape[1]
+    hs = r.shape[1]
+    dirs = 2 if direction == "bidirectional" else 1
+    steps = [seq] * batch if lens is None else [min(int(v), seq) for v in lens.tolist()]
+    max_len = max(steps) if steps else 0
+    live_len = torch.tensor(steps).reshape(-1, 1)
+    # onnxruntime splits the batch across its intra-op threads (when batch > 4, or batch >= 2 with
+    # hidden <= 256) and quantizes each part's hidden state on its own. Its default pool has one
+    # thread per physical core, as torch's has: ``threads`` defaults to torch's.
+    threads = torch.get_num_threads() if threads is None else threads
+    split = threads > 1 and (batch > 4 or (batch >= 2 and hs <= 256))
+    rows = -(-batch // threads) if split else max(batch, 1)
+    ys, yh, yc = [], [], []
+    for d in range(dirs):
+        names = acts[3 * d: 3 * d + 3] if acts else ["Sigmoid", "Tanh", "Tanh"]
+        f, g, hfn = fns[names[0]], fns[names[1]], fns[names[2]]
+        reverse = direction == "reverse" or d == 1
+        xd = _reverse_rows(x, steps) if reverse else x
+        wc = _centered(w[d], w_zp.reshape(dirs, -1)[d, 0] if w_zp is not None else None)
+        rc = _centered(r[d], r_zp.reshape(dirs, -1)[d, 0] if r_zp is not None else None)
+        ws, rs = w_scale.reshape(dirs, -1)[d], r_scale.reshape(dirs, -1)[d]
+        xw = _ort_dyn_gemm(xd[:max_len].reshape(-1, xd.shape[2]), wc, ws).reshape(max_len, batch, 4 * hs)
+        bias = b[d, : 4 * hs] + b[d, 4 * hs:] if b is not None else None
+        h = h0[d] if h0 is not None else x.new_zeros(batch, hs)
+        c = c0[d] if c0 is not None else x.new_zeros(batch, hs)
+        fin_h, fin_c = x.new_zeros(batch, hs), x.new_zeros(batch, hs)
+        out = x.new_zeros(seq, batch, hs)
+        for t in range(max_len):
+            a = torch.cat([xw[t, k: k + rows] + _ort_dyn_gemm(h[k: k + rows], rc, rs)
+                           for k in range(0, batch, rows)])
+            ai, ao, af, ac = a.chunk(4, -1)
+            bi, bo, bf, bc = bias.chunk(4, -1) if bias is not None else (0, 0, 0, 0)
+            if p is not None:
+                ai = ai + c * p[d, :hs]
+            ai = ai + bi
+            ai = ai.clamp(-clip, clip) if clip else ai
+            i = f(ai)
+            if input_forget:
+                fg = 1 - i
+            else:
+                if p is not None:
+                    af = af + c * p[d, 2 * hs:]
+                af = af + bf
+                fg = f(af.clamp(-clip, clip) if clip else af)
+            ac = ac + bc
+            nc = c * fg + i * g(ac.clamp(-clip, clip) if clip else ac)
+            if p is not None:
+                ao = ao + nc * p[d, hs: 2 * hs]
+            ao = ao + bo
+            o = f(ao.clamp(-clip, clip) if clip else ao)
+            nh = hfn(nc) * o
+            live = t < live_len
+            c = torch.where(live, nc, c)
+            fin_h, fin_c = torch.where(live, nh, fin_h), torch.where(live, nc, fin_c)
+            out[t] = torch.where(live, nh, torch.zeros_like(nh))
+            h = out[t] if want_y else torch.where(live, nh, h)
+        ys.append(_reverse_rows(out, steps) if reverse else out)
+        yh.append(fin_h)
+        yc.append(fin_c)
+    return torch.stack(ys, 1), torch.stack(yh), torch.stack(yc)
+
+
+def _q_store(v, zp):
+    """float32 values already divided by their scale -> zp's int8/uint8 type: rounded half to even,
+    plus the zero point, saturated (MLAS's requantization)."""
+    info = torch.iinfo(zp.dtype)
+    return torch.clamp(torch.round(v) + zp.float(), info.min, info.max).to(zp.dtype)
+
+
+def _q_deq(x, scale, zp):
+    """onnxruntime's dequantization of a per-tensor int8/uint8 tensor: float32 (x - zp) * scale."""
+    return (x.int() - zp.int()).float() * scale.float()
+
+
+def _qgemm(a, a_s, a_zp, b, b_s, b_zp, c=None, y_s=None, y_zp=None, alpha=1.0, trans_a=0, trans_b=0):
+    """com.microsoft QGemm: exact integer products (+ int32 C), times alpha * a_scale * b_scale
+    [/ y_scale] in float32; requantized when y_scale is given, else float32."""
+    ac = _centered(a, a_zp)
+    ac = ac.T if trans_a else ac
+    bz = None if b_zp is None else (b_zp.reshape(-1, 1) if trans_b and b_zp.dim() == 1 else b_zp)
+    bc = _centered(b, bz)
+    bc = bc.T if trans_b else bc
+    acc = ac @ bc
+    if c is not None:
+        acc = acc + c.double()
+    scale = torch.tensor(alpha, dtype=torch.float32) * a_s.float() * b_s.float()
+    if y_s is None:
+        return acc.float() * scale
+    return _q_store(acc.float() * (scale / y_s.float()), y_zp)
+
+
+def _qlinear_binary(a, a_s, a_zp, b, b_s, b_zp, c_s, c_zp, op):
+    """com.microsoft QLinearAdd / QLinearMul as MLAS computes them: both sides dequantized in float32,
+    added or multiplied, divided by C's scale, requantized."""
+    fa, fb = _q_deq(a, a_s, a_zp), _q_deq(b, b_s, b_zp)
+    v = fa + fb if op == "Add" else fa * fb
+    return _q_store(v / c_s.float(), c_zp)
+
+
+def _qlinear_lookup(x, x_s, x_zp, y_s, y_zp, op, alpha=0.01):
+    """QLinearSigmoid / QLinearLeakyRelu / a requantizing copy: onnxruntime's 256-entry lookup table
+    (each code dequantized, mapped in float32, quantized again), then a gather."""
+    lo = -128 if x.dtype == torch.int8 else 0
+    codes = torch.arange(lo, lo + 256, dtype=torch.int32)
+    v = x_s.float() * (codes - x_zp.int()).float()
+    if op == "Sigmoid":
+        v = _ort_sigmoid(v)
+    elif op == "LeakyRelu":
+        v = torch.where(v >= 0, v, v * alpha)
+    zp = y_zp if y_zp is not None else torch.zeros((), dtype=x.dtype)
+    table = _q_store(v / y_s.float(), zp.to(x.dtype))
+    return table[x.long() - lo]
+
+
+def _qlinear_concat(axis, y_s, y_zp, *parts):
+    """com.microsoft QLinearConcat: each (x, scale, zero point) requantized to Y's, then concatenated."""
+    outs = []
+    for i in range(0, len(parts), 3):
+        x, s, zp = parts[i], parts[i + 1], parts[i + 2]
+        same = bool((s.float() == y_s.float()).all()) and bool((zp.int() == y_zp.int()).all())
+        outs.append(x if same else _qlinear_lookup(x, s, zp, y_s, y_zp, "Identity"))
+    return torch.cat(outs, axis)
+
+
+def _qlinear_global_avg(x, x_s, x_zp, y_s, y_zp, channels_last=0):
+    """com.microsoft QLinearGlobalAveragePool (MLAS): integer sums over the image minus the zero point,
+    times x_scale / (y_scale * image size) in float32, requantized."""
+    dims = tuple(range(1, x.dim() - 1)) if channels_last else tuple(range(2, x.dim()))
+    size = 1
+    for d in dims:
+        size *= x.shape[d]
+    acc = x.int().sum(dims, keepdim=True) - x_zp.int() * size
+    scale = x_s.float() / (y_s.float() * float(size))
+    return _q_store(acc.float() * scale, y_zp)
+
+
+def _qlinear_avg_pool(x, x_s, x_zp, y_s, y_zp, kernel, strides, pads, count_include_pad=0,
+                      channels_last=0):
+    """com.microsoft QLinearAveragePool as onnxruntime computes it: float32 dequantized values summed
+    window by window in row-major order, divided by the count, then round(v / y_scale + y_zp)."""
+    if channels_last:
+        x = x.movedim(-1, 1)
+    k = len(kernel)
+    xf = _q_deq(x, x_s, x_zp)
+    sizes = list(x.shape[2:])
+    outs = [(sizes[i] + pads[i] + pads[i + k] - kernel[i]) // strides[i] + 1 for i in range(k)]
+    tp = []
+    for i in reversed(range(k)):
+        tp += [pads[i], max((outs[i] - 1) * strides[i] + kernel[i] - sizes[i] - pads[i], 0)]
+    xp = F.pad(xf, tp)
+    acc = torch.zeros(tuple(x.shape[:2]) + tuple(outs), dtype=torch.float32)
+    total = 1
+    for kk in kernel:
+        total *= kk
+    for flat in range(total):
+        offs, rest = [], flat
+        for kk in reversed(kernel):
+            offs.insert(0, rest % kk)
+            rest //= kk
+        win = xp
+        for i in range(k):
+            win = win.narrow(2 + i, offs[i], (outs[i] - 1) * strides[i] + 1)
+        acc = acc + win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]
+    if count_include_pad:
+        count = torch.full(tuple(outs), float(total))
+    else:
+        count = torch.ones(tuple(outs))
+        for i in range(k):
+            start = torch.arange(outs[i]) * strides[i] - pads[i]
+            n = torch.clamp(start + kernel[i], max=sizes[i]) - torch.clamp(start, min=0)
+            shape = [1] * k
+            shape[i] = -1
+            count = count * n.float().reshape(shape)
+    y = acc / count
+    info = torch.iinfo(y_zp.dtype)
+    out = torch.clamp(torch.round(y / y_s.float() + y_zp.float()), info.min, info.max).to(y_zp.dtype)
+    return out.movedim(1, -1) if channels_last else out
+
+
+def _ms_attention(x, w, b=None, mask=None, attn_bias=None, heads=1, sizes=None, causal=0,
+                  filter_value=-10000.0, scale=None):
+    """com.microsoft Attention (what onnxruntime's transformer optimizer writes for BERT): one QKV
+    projection, then ``_attention_heads``."""
+    qkv = x @ w
+    if b is not None:
+        qkv = qkv + b
+    return _attention_heads(qkv, mask, attn_bias, heads, sizes or (w.shape[1] // 3,) * 3, causal,
+                            filter_value, scale)
+
+
+def _qattention(xq, wq, b, x_s, w_s, mask=None, x_zp=None, w_zp=None, heads=1, causal=0,
+                filter_value=-10000.0, scale=None):
+    """com.microsoft QAttention (quantize_dynamic's Attention): the QKV projection as exact integer
+    products times x_scale * w_scale plus the bias, then the float attention of ``_attention_heads``."""
+    qkv = _mm_int_to_float(xq, wq, x_s, w_s, x_zp, w_zp, b)
+    return _attention_heads(qkv, mask, None, heads, (wq.shape[1] // 3,) * 3, causal, filter_value, scale)
+
+
+def _attention_heads(qkv, mask, attn_bias, heads, sizes, causal, filter_value, scale):
+    """Per-head scaled dot products plus the mask (masked keys get ``filter_value`` added, not -inf),
+    softmax, weighted sum of V. ``mask``: 1-D key end positions [B] (or ends then starts [2B]),
+    2-D [B, T] or 3-D [B, S, T] 0/1 masks."""
+    q, k, v = qkv.split(list(sizes), -1)
+    bsz, seq = qkv.shape[0], qkv.shape[1]
+    q = q.reshape(bsz, seq, heads, -1).transpose(1, 2)
+    k = k.reshape(bsz, seq, heads, -1).transpose(1, 2)
+    v = v.reshape(bsz, seq, heads, -1).transpose(1, 2)
+    s = scale if scale else 1.0 / math.sqrt(q.shape[-1])
+    logits = (q @ k.transpose(-1, -2)) * s
+    add = torch.zeros(bsz, 1, seq, seq, dtype=qkv.dtype)
+    j = torch.arange(seq).reshape(1, 1, 1, -1)
+    if mask is not None:
+        m = mask.long()
+        if m.dim() == 1:
+            end = m[:bsz].reshape(-1, 1, 1, 1)
+            off = (j >= end) | ((j < m[bsz:].reshape(-1, 1, 1, 1)) if m.shape[0] == 2 * bsz else False)
+            add = torch.where(off, filter_value, add)
+        else:
+            keep = (m > 0).reshape(bsz, 1, -1 if m.dim() == 2 else seq, seq)
+            add = torch.where(keep, add, filter_value)
+    if causal:
+        add = add + torch.where(j > torch.arange(seq).reshape(1, 1, -1, 1), filter_value, 0.0)
+    logits = logits + add
+    if attn_bias is not None:
+        logits = logits + attn_bias
+    y = torch.softmax(logits, -1) @ v
+    return y.transpose(1, 2).reshape(bsz, seq, -1)
+
+
+def _embed_layer_norm(ids, segments, word, pos, seg, gamma, beta, mask=None, position_ids=None, eps=1e-12):
+    """com.microsoft EmbedLayerNormalization: word + position (+ segment) embeddings, layer-normalized;
+    the mask index is each row's count of ones in the mask (zeros without a mask)."""
+    bsz, seq = ids.shape
+    positions = torch.arange(seq).reshape(1, -1) if position_ids is None else position_ids.long()
+    e = word[ids.long()] + pos[positions.expand(bsz, seq)]
+    if segments is not None and seg is not None:
+        e = e + seg[segments.long()]
+    y = F.layer_norm(e, e.shape[-1:], gamma, beta, eps)
+    if mask is None:
+        index = torch.zeros(bsz, dtype=torch.int32)
+    else:
+        index = (mask == 1).sum(-1).to(torch.int32)
+    return y, index, e
+
+
+def _matmul_nbits(a, b, scales, zp=None, bias=None, k=0, n=0, bits=4, block=32):
+    """com.microsoft MatMulNBits: A times blockwise 4/8-bit weights. B [N, blocks, block*bits/8] holds
+    the codes low bits first; w = (q - zero point) * scale per block (zero point 2^(bits-1) when absent,
+    else packed like the codes)."""
+    blocks = b.shape[1]
+    per = 8 // bits
+    mask = (1 << bits) - 1
+
+    def unpack(packed, count):
+        q = packed.to(torch.int32).reshape(n, -1)
+        q = torch.stack([(q >> (bits * j)) & mask for j in range(per)], -1)
+        return q.reshape(n, -1)[:, :count]
+
+    q = unpack(b, blocks * block)[:, :k]
+    z = torch.full((n, blocks), float(1 << (bits - 1))) if zp is None else unpack(zp, blocks).float()
+    s = scales.float().reshape(n, blocks)
+    w = (q.float() - z.repeat_interleave(block, 1)[:, :k]) * s.repeat_interleave(block, 1)[:, :k]
+    y = a @ w.T.to(a.dtype)
+    return y if bias is None else y + bias
+
+
+def _qembed_layer_norm(ids, segments, word, pos, seg, gamma, beta, mask, word_s, pos_s, seg_s, gamma_s, beta_s,
+                       word_zp, pos_zp, seg_zp, gamma_zp, beta_zp, eps=1e-12):
+    """com.microsoft QEmbedLayerNormalization: the uint8 tables and LayerNorm weights dequantized
+    ((q - zero point) * scale), then ``_embed_layer_norm`` (outputs: y, mask index)."""
+    seg_f = _q_deq(seg, seg_s, seg_zp) if seg is not None else None
+    y, index, _ = _embed_layer_norm(ids, segments, _q_deq(word, word_s, word_zp), _q_deq(pos, pos_s, pos_zp), seg_f,
+                                    _q_deq(gamma, gamma_s, gamma_zp), _q_deq(beta, beta_s, beta_zp), mask, None, eps)
+    return y, index
+
+
 #: name -> source text of each function above, in definition order (codegen copies them).
 HELPERS: dict[str, str] = {
     name: inspect.getsource(fn)

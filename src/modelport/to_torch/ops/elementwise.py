@@ -6,6 +6,7 @@ from onnx import TensorProto as T
 
 from modelport.to_torch import dtypes
 from modelport.to_torch.codegen import Node, Value, lit
+from modelport.to_torch.ops.quant import ort_exact
 from modelport.to_torch.registry import register
 
 
@@ -135,6 +136,10 @@ def _make_unary(op: str, fmt: str) -> None:
             n.set(0, v)
             return
         x = n.x(0)
+        if op in ("Sigmoid", "Tanh") and n.dtype(0) == T.FLOAT and ort_exact(n):
+            # a graph that quantizes activations at run time: onnxruntime's own approximation (ops/quant.py)
+            n.assign(f"{n.helper('_ort_' + op.lower())}({x})")
+            return
         if n.dtype(0) in _WIDE_UINTS and op not in ("Identity",):
             n.assign(_wide(n, fmt.format(x=f"{x}.long()")))
             return

@@ -11,11 +11,15 @@ reordered from ONNX's layout to torch's:
 
 and ``B[d] = [Wb, Rb]`` splits into ``bias_ih`` / ``bias_hh``. Every other case is an
 explicit time loop (``_rnn``) with sequence_lens, peepholes, clip and layout.
+
+onnxruntime's ``DynamicQuantizeLSTM`` (com.microsoft, what quantize_dynamic makes of an LSTM) is
+the loop ``_qlstm``, which repeats that kernel's dynamic quantization of X and of each step's state.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from modelport.to_torch import naming
 from modelport.to_torch.codegen import Node, lit
@@ -135,3 +139,32 @@ def lstm_7(n: Node) -> None:
         _emit(n, "LSTM")
     else:
         _emit_layer(n, "LSTM")
+
+
+_QLSTM_ACTS = ("Sigmoid", "Tanh", "Relu")
+
+
+@register("DynamicQuantizeLSTM", since=1, domain="com.microsoft")
+def dynamicquantizelstm_ms_1(n: Node) -> None:
+    """onnxruntime's quantized LSTM (``quantize_dynamic`` writes it): the runtime function ``_qlstm``
+    repeats its kernel's dynamic quantization of X and of each step's hidden state."""
+    direction = n.attr("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise n.fail(f"DynamicQuantizeLSTM direction {direction!r}")
+    acts = n.attr("activations")
+    if acts and any(a not in _QLSTM_ACTS for a in acts):
+        raise n.fail(f"DynamicQuantizeLSTM activations {list(acts)} (only Sigmoid, Tanh, Relu are supported)")
+    if n.has_attr("activation_alpha") or n.has_attr("activation_beta"):
+        raise n.fail("DynamicQuantizeLSTM activation_alpha / activation_beta are not supported")
+    if n.attr("layout", 0):
+        raise n.fail("DynamicQuantizeLSTM with layout=1")
+    for i, what in ((8, "W_scale"), (10, "R_scale")):
+        if not n.has(i):
+            raise n.fail(f"DynamicQuantizeLSTM without its {what} input")
+    xdt = n.dtype(0)
+    if xdt is not None and xdt != TensorProto.FLOAT:
+        raise n.fail("DynamicQuantizeLSTM on a non-float32 X")
+    args = ", ".join(n.x(i) or "None" for i in range(12))
+    call = (f'{n.helper("_qlstm")}({args}, "{direction}", {lit(list(acts) if acts else None)}, '
+            f'{lit(n.attr("clip"))}, {n.attr("input_forget", 0)}, {int(n.has_out(0))})')
+    n.assign_many(call, [0, 1, 2])
