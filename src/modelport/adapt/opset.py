@@ -15,6 +15,13 @@ Where ``onnx.version_converter`` fails today, and what we do first:
   input (rank from shape inference) and dropped; without ``axes`` the node is unchanged;
 - ``Pad``-19 down to 18: the converter passes ``mode="wrap"`` on, which opset 18 lacks; ours refuses it;
 - ``Pad``-11 down to 10 (no adapter): constant ``pads`` / ``constant_value`` inputs become attributes;
+- ``BatchNormalization``-14 down to 13 (no adapter): inference mode (``training_mode=0``, one output) is
+  BatchNormalization-9's formula, so the attribute is dropped; training mode, bfloat16 or statistics of
+  another type than the data are refused naming the node;
+- an ``axes``-like input an If/Loop/Scan body reads from an enclosing graph (the converter looks only in the
+  node's own graph): small constants are copied into the body; one computed from constants only
+  (Constant -> Cast -> Unsqueeze) is folded with onnx.reference; one computed at run time is refused
+  naming the node;
 - ``Reshape``-14 down to 13 (no adapter at all): the node is held out of the conversion in a
   private domain and put back without ``allowzero``, which is exact when ``allowzero`` is 0 or
   the target shape is a constant without zeros; otherwise no automatic fix.
@@ -114,6 +121,153 @@ def _lift_constants(model: onnx.ModelProto) -> None:
         keep.append(node)
     del model.graph.node[:]
     model.graph.node.extend(keep)
+
+
+_LOCAL_MAX = 64  # elements: shape-like constants (axes, pads, sizes, scalars), never weights
+
+
+def _localize_outer_constants(model: onnx.ModelProto) -> int:
+    """Small constants a subgraph node reads from an enclosing graph -> a ``Constant`` node in that subgraph.
+
+    onnx's version converter reads an input such as ``axes`` (ReduceX-18, Squeeze-13, ...) only from an
+    initializer or ``Constant`` of the node's own graph: an ``If`` branch reading ``axes`` from the main graph's
+    initializers (torch.onnx's dynamo exporter writes them so) fails with "No initializer or constant input to
+    node found". A copy inside the branch is the same value. Returns how many inputs were rewired.
+    """
+    taken = {t.name for t in model.graph.initializer} | {o for n in iter_nodes(model.graph) for o in n.output}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    def small(t: onnx.TensorProto) -> bool:
+        return int(np.prod(list(t.dims))) <= _LOCAL_MAX and t.data_location != onnx.TensorProto.EXTERNAL
+
+    def scope_of(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+        out = {t.name: t for t in graph.initializer if small(t)}
+        for node in graph.node:
+            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value" \
+                    and small(node.attribute[0].t):
+                out[node.output[0]] = node.attribute[0].t
+        return out
+
+    count = 0
+
+    def visit(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto]) -> None:
+        nonlocal count
+        local = scope_of(graph)
+        defined = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        defined.update(o for n in graph.node for o in n.output)
+        copies: dict[str, str] = {}
+        added = []
+        if outer:
+            for node in graph.node:
+                for i, name in enumerate(node.input):
+                    if i == 0 or not name or name in defined or name not in outer:
+                        continue
+                    if name not in copies:
+                        copies[name] = fresh(f"{name}.local")
+                        tensor = onnx.TensorProto()
+                        tensor.CopyFrom(outer[name])
+                        tensor.name = copies[name]
+                        added.append(onnx.helper.make_node("Constant", [], [copies[name]], name=f"{copies[name]}/Constant",
+                                                           value=tensor))
+                    node.input[i] = copies[name]
+                    count += 1
+        inner = {**outer, **local}
+        for node in graph.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g, inner)
+                for g in a.graphs:
+                    visit(g, inner)
+        if added:
+            nodes = added + list(graph.node)
+            del graph.node[:]
+            graph.node.extend(nodes)
+
+    visit(model.graph, {})
+    return count
+
+
+# ops a computed axes/split value may pass through that are folded (pure functions of their constant inputs)
+_FOLDABLE = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Concat", "Identity", "Gather", "Slice", "Add", "Sub", "Mul",
+             "Neg", "Abs", "Range", "Shape", "Size", "Constant", "Flatten", "Expand", "Div", "Mod"}
+
+
+def _fold_computed_axes(model: onnx.ModelProto) -> int:
+    """The ``axes`` / ``split`` inputs of ReduceX / Squeeze / Unsqueeze / Split that are computed from constants
+    only (a Constant -> Cast -> Unsqueeze chain) -> evaluated once (onnx.reference) into a Constant of the node's
+    graph, which onnx's version converter can read. Returns how many inputs were folded; others are left."""
+    from onnx.reference import ReferenceEvaluator
+
+    taken = {t.name for t in model.graph.initializer} | {o for n in iter_nodes(model.graph) for o in n.output}
+    opset = model_opset(model) or 1
+    folded = 0
+
+    def visit(graph: onnx.GraphProto) -> None:
+        nonlocal folded
+        local = {t.name: t for t in graph.initializer}
+        producer = {}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                local.setdefault(node.output[0], None)
+            for o in node.output:
+                producer[o] = node
+        added = []
+        for node in graph.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                for g in a.graphs:
+                    visit(g)
+            if node.op_type not in _AXES_OPS or len(node.input) < 2 or not node.input[1] or node.input[1] in local:
+                continue
+            chain, leaves, todo, ok = [], set(), [node.input[1]], True
+            while todo and ok:
+                name = todo.pop()
+                if name in local:
+                    leaves.add(name)
+                    continue
+                p = producer.get(name)
+                if p is None or p.op_type not in _FOLDABLE or p.domain not in ("", "ai.onnx") or len(chain) > 32 \
+                        or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in p.attribute):
+                    ok = False
+                    break
+                if p not in chain:
+                    chain.append(p)
+                    todo.extend(i for i in p.input if i)
+            if not ok or any(local[n] is None and producer.get(n) is None for n in leaves):
+                continue
+            nodes = [n for n in graph.node if n in chain or (n.op_type == "Constant" and n.output and n.output[0] in leaves)]
+            inits = [local[n] for n in leaves if local[n] is not None]
+            mini = onnx.helper.make_model(
+                onnx.helper.make_graph(nodes, "fold", [], [onnx.helper.make_tensor_value_info(node.input[1], 0, None)], inits),
+                opset_imports=[onnx.helper.make_opsetid("", opset)])
+            try:
+                (value,) = ReferenceEvaluator(mini).run(None, {})
+            except Exception:  # noqa: BLE001  (not foldable after all: the converter's own error then names the node)
+                continue
+            name, k = f"{node.input[1]}.folded", 0
+            while name in taken:
+                k += 1
+                name = f"{node.input[1]}.folded_{k}"
+            taken.add(name)
+            added.append(onnx.helper.make_node("Constant", [], [name], name=f"{name}/Constant",
+                                               value=numpy_helper.from_array(np.asarray(value), name)))
+            node.input[1] = name
+            folded += 1
+        if added:
+            rest = list(graph.node)
+            del graph.node[:]
+            graph.node.extend(added + rest)
+
+    visit(model.graph)
+    return folded
 
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -331,8 +485,52 @@ def _pad_11_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str,
         node.attribute.append(onnx.helper.make_attribute("value", value))
 
 
+def _batchnorm_14_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray],
+                       dropped: list[str]) -> None:
+    """BatchNormalization-14 -> 9: inference mode (``training_mode=0``, the one output ``Y``) is BN-9's formula
+    y = scale * (x - mean) / sqrt(var + epsilon) + B. Training mode (running statistics as outputs), bfloat16, or
+    statistics of another type than ``X`` (BN-14's ``U``; BN-9 has one type) have no opset-13 form."""
+    label = node.name or node.output[0]
+
+    def refuse(why: str):
+        return UnsupportedError(f"BatchNormalization node {label!r} {why}, which BatchNormalization below opset 14 "
+                                f"cannot express (BatchNormalization-14 -> 13); no automatic fix")
+
+    if next((a.i for a in node.attribute if a.name == "training_mode"), 0):
+        raise refuse("uses training_mode=1")
+    if any(o for o in node.output[1:]):
+        raise refuse(f"has the running statistics as outputs ({', '.join(o for o in node.output[1:] if o)})")
+    types = _elem_types(model)
+    x = types.get(node.input[0])
+    if x == onnx.TensorProto.BFLOAT16:
+        raise refuse("computes in bfloat16")
+    other = {types.get(i) for i in node.input[1:] if i} - {None}
+    if x is not None and other - {x}:
+        names = {v: onnx.TensorProto.DataType.Name(v).lower() for v in other | {x}}
+        raise refuse(f"takes {names[x]} data with {'/'.join(sorted(names[t] for t in other - {x}))} parameters")
+    for a in [a for a in node.attribute if a.name == "training_mode"]:
+        node.attribute.remove(a)
+    del node.output[1:]
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element types of the values whose type is known (initializers, Constants, inputs, inferred value_info)."""
+    out = {t.name: t.data_type for t in model.graph.initializer}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001  (types unknown: nothing refused for them)
+        inferred = model
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            out.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    for node in iter_nodes(model.graph):
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            out.setdefault(node.output[0], node.attribute[0].t.data_type)
+    return out
+
+
 # Our adapters for down-conversions the converter lacks: (op, version) -> rewrite into the version-1 form.
-_DOWN_ADAPTERS = {("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down, ("Pad", 18): _pad_18_down,
+_DOWN_ADAPTERS = {("BatchNormalization", 14): _batchnorm_14_down, ("Reshape", 14): _reshape_14_down, ("Split", 18): _split_18_down, ("Pad", 18): _pad_18_down,
                   ("Pad", 19): _pad_19_down, ("Pad", 11): _pad_11_down,
                   ("Softmax", 13): _softmax_13_down,
                   ("LogSoftmax", 13): _softmax_13_down, ("Hardmax", 13): _softmax_13_down}
@@ -393,12 +591,44 @@ def _step(model: onnx.ModelProto, src: int, dst: int, dropped: list[str]) -> tup
                     held += n
                     continue
             where = ""
+            if "No initializer or constant input to node found" in msg:
+                dynamic = _dynamic_axes_nodes(model)
+                if dynamic:
+                    raise UnsupportedError(
+                        f"cannot take this model from opset {src} to {dst}: "
+                        + ", ".join(f"{op} node {name!r}" for op, name in dynamic[:6])
+                        + f" read{'s' if len(dynamic) == 1 else ''} axes computed at run time, which the target opset takes "
+                          "only as a constant attribute; no automatic fix") from None
             if op:
                 nodes = [n.name or "?" for n in iter_nodes(model.graph) if n.op_type == op][:6]
                 where = f" ({op} nodes: {', '.join(nodes)}; no automatic fix)" if nodes else ""
             raise UnsupportedError(f"onnx's version converter cannot take this model from opset {src} to {dst}{where}: {msg}") from None
     _release(out)
     return out, held
+
+
+_AXES_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+             "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Squeeze", "Unsqueeze", "Split")
+
+
+def _dynamic_axes_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(op, node name) of the nodes whose ``axes`` / ``split`` input is no constant of their own graph."""
+    found: list[tuple[str, str]] = []
+
+    def visit(graph: onnx.GraphProto) -> None:
+        local = {t.name for t in graph.initializer}
+        local.update(n.output[0] for n in graph.node if n.op_type == "Constant" and n.output)
+        for node in graph.node:
+            if node.op_type in _AXES_OPS and len(node.input) > 1 and node.input[1] and node.input[1] not in local:
+                found.append((node.op_type, node.name or node.output[0]))
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                for g in a.graphs:
+                    visit(g)
+
+    visit(model.graph)
+    return found
 
 
 def _release(model: onnx.ModelProto) -> None:
@@ -434,6 +664,12 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
     try:
         if target < src:
             work, applied = _decompose_missing(work, target)
+            if _localize_outer_constants(work):
+                notes.append("small constants that If/Loop/Scan bodies read from an enclosing graph copied into those "
+                             "bodies (onnx's version converter reads them only from the node's own graph)")
+            folded = _fold_computed_axes(work)
+            if folded:
+                notes.append(f"{folded} axes/split input(s) computed from constants only folded into constants")
             _lift_constants(work)
         _strip_default_noop(work)
         for v in range(src, target, step):
