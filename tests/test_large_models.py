@@ -237,6 +237,10 @@ def test_truncated_external_data_is_a_clean_error(large, tmp_path, cli):
         f.truncate(data.stat().st_size // 2)
     for args in (("convert", large, "--to", "torch", "-o", tmp_path / "t"),
                  ("compress", large, "--quantize", "dynamic", "-o", tmp_path / "q.onnx"),
+                 ("compress", large, "--quantize", "int4", "-o", tmp_path / "q4.onnx"),
+                 ("compress", large, "--quantize", "fp16", "-o", tmp_path / "h.onnx"),
+                 ("compress", large, "--prune", "0.5", "-o", tmp_path / "p.onnx"),
+                 ("convert", large, "--to", "openvino", "-o", tmp_path / "ov.xml"),
                  ("adapt", large, "--opset", "13", "-o", tmp_path / "a.onnx")):
         res = cli(*args)
         assert res.exit_code == 2, (args, res.stderr)
@@ -245,10 +249,13 @@ def test_truncated_external_data_is_a_clean_error(large, tmp_path, cli):
 
 
 def test_modes_that_would_load_the_weights_are_refused(large, tmp_path, cli):
-    res = cli("compress", large, "--quantize", "int4", "-o", tmp_path / "q.onnx")
-    assert res.exit_code == 3
-    _one_line(res.stderr, "--quantize int4", str(THRESHOLD), "--quantize dynamic is")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    np.savez(tmp_path / "calib.npz", x=_x(8))
+    for args, what in ((("--quantize", "static", "--calibration", tmp_path / "calib.npz"), "--quantize static"),
+                       (("--prune", "0.3", "--structured"), "structured pruning")):
+        res = cli("compress", large, *args, "-o", tmp_path / "q.onnx")
+        assert res.exit_code == 3, res.stderr
+        _one_line(res.stderr, what, str(THRESHOLD), "int4 or fp16 and unstructured --prune are")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "src"]
 
 
 def test_bad_threshold_value(large, tmp_path, cli, monkeypatch):
@@ -277,3 +284,198 @@ def test_corrupt_shards_are_clean_errors(large, tmp_path, cli):
     res = cli("inspect", out)
     assert res.exit_code == 2
     _one_line(res.stderr, "outside its directory")
+
+
+# --------------------------------------------------------------------------- int4, fp16, pruning above the threshold
+
+
+def _same_model(a: Path, b: Path) -> int:
+    """Two ONNX files hold the same graph and bit-identical tensors (external data loaded); how many tensors."""
+    ma, mb = onnx.load(str(a)), onnx.load(str(b))
+    ta = {t.name: numpy_helper.to_array(t) for t in ma.graph.initializer}
+    tb = {t.name: numpy_helper.to_array(t) for t in mb.graph.initializer}
+    assert list(ta) == list(tb)
+    for name, arr in ta.items():
+        assert arr.dtype == tb[name].dtype and arr.shape == tb[name].shape, name
+        assert arr.tobytes() == tb[name].tobytes(), name
+
+    def nodes(m):
+        return [(n.op_type, n.domain, n.name, list(n.input), list(n.output),
+                 [(x.name, helper.get_attribute_value(x)) for x in n.attribute]) for n in m.graph.node]
+
+    assert nodes(ma) == nodes(mb)
+    assert sorted((o.domain, o.version) for o in ma.opset_import) == sorted((o.domain, o.version) for o in mb.opset_import)
+    assert [i.name for i in ma.graph.input] == [i.name for i in mb.graph.input]
+    assert [(o.name, o.type.tensor_type.elem_type) for o in ma.graph.output] == [
+        (o.name, o.type.tensor_type.elem_type) for o in mb.graph.output]
+    return len(ta)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 1000 bytes: every weight is read and written in many pieces (slabs of 2 columns for int4)."""
+    from modelport.compress import large as big
+
+    monkeypatch.setattr(big, "_BLOCK_BYTES", 1000)
+
+
+def test_int4_chunked_is_byte_identical_to_the_quantizer(tmp_path, monkeypatch, small_blocks, cli):
+    monkeypatch.setenv("MODELPORT_EXTERNAL_DATA_THRESHOLD", str(THRESHOLD))
+    src = _mlp(tmp_path / "src" / "mlp.onnx", width=100)  # K = 100: the last block of 32 is padded
+    out = tmp_path / "q" / "mlp.int4.onnx"
+    res = cli("compress", src, "--quantize", "int4", "-o", out, "--json", "--runs", "0")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert any("a block at a time" in n for n in report["notes"]), report["notes"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlp.int4.onnx", "mlp.int4.onnx.data"]
+    from modelport.compress import quantize as quant
+
+    ref = tmp_path / "ref" / "mlp.int4.onnx"
+    ref.parent.mkdir()
+    assert quant.quantize_int4(src, ref) == 3  # onnxruntime's MatMulNBitsQuantizer on the whole model in memory
+    assert _same_model(out, ref) == 8
+    ops = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
+    assert ops.count("MatMulNBits") == 3 and "MatMul" not in ops
+    x = np.random.default_rng(3).standard_normal((4, 100)).astype(np.float32)
+    got = ort_run(out, x)
+    np.testing.assert_array_equal(got, ort_run(ref, x))
+    assert 0 < np.abs(got - ort_run(src, x)).max() < 0.5
+    from modelport.compress import large as big  # a layer left in float (what accuracy control asks for)
+
+    assert big.quantize_int4(src, tmp_path / "q" / "kept.onnx", exclude={"fc1"}) == 2
+    assert quant.quantize_int4(src, tmp_path / "ref" / "kept.onnx", exclude={"fc1"}) == 2
+    assert _same_model(tmp_path / "q" / "kept.onnx", tmp_path / "ref" / "kept.onnx") == 7
+
+
+def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_fp16_chunked_is_byte_identical_and_verified(large, tmp_path, small_blocks, cli):
+    out = tmp_path / "h" / "mlp.fp16.onnx"
+    res = cli("compress", large, "--quantize", "fp16", "-o", out, "--json", "--runs", "0")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["parity"]["ok"] is True and len(report["parity"]["runs"]) >= 1
+    assert any("a block at a time" in n for n in report["notes"])
+    from modelport.compress import fp16
+
+    ref = tmp_path / "ref" / "mlp.fp16.onnx"
+    ref.parent.mkdir()
+    fp16.convert_fp16(large, ref)
+    assert _same_model(out, ref) == 5
+    types = {t.name: t.data_type for t in onnx.load(str(out), load_external_data=False).graph.initializer}
+    assert types["w0"] == TensorProto.FLOAT16 and (out.parent / "mlp.fp16.onnx.data").stat().st_size < large.with_name(
+        "mlp.onnx.data").stat().st_size
+    x = _x()
+    assert ort_run(out, x).dtype == np.float32  # float32 inputs/outputs kept
+    np.testing.assert_array_equal(ort_run(out, x), ort_run(ref, x))
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_prune_chunked_matches_the_in_memory_pass(large, tmp_path, small_blocks, scope):
+    from modelport.compress import large as big, prune
+
+    out = tmp_path / "p" / "mlp.onnx"
+    out.parent.mkdir()
+    got = big.magnitude_prune(large, out, 0.6, scope=scope, fractions={"fc1": 0.25})
+    model = onnx.load(str(large))
+    want = prune.magnitude_prune(model, 0.6, scope=scope, fractions={"fc1": 0.25})
+    assert got == want
+    ref = tmp_path / "p" / "ref.onnx"
+    onnx.save(model, str(ref))
+    assert _same_model(out, ref) == 5
+    fc1 = next(layer for layer in got if layer.node == "fc1")
+    assert fc1.fraction == 0.25 and abs(fc1.sparsity_after - 0.25) < 1e-3
+
+
+def test_prune_ties_zero_exactly_k_smallest(tmp_path, monkeypatch, small_blocks):
+    """Weights of a few levels (ties everywhere): exactly floor(f * n) zeros, none larger than a kept value."""
+    from modelport.compress import large as big
+
+    monkeypatch.setenv("MODELPORT_EXTERNAL_DATA_THRESHOLD", str(THRESHOLD))
+    src = _mlp(tmp_path / "src" / "mlp.onnx")
+    model = onnx.load(str(src))
+    for t in model.graph.initializer:
+        if len(t.dims) == 2:
+            a = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array((np.round(a * 30) / 30).astype(np.float32), t.name))  # steps of 1/30: ties
+    tied = tmp_path / "tied" / "mlp.onnx"
+    tied.parent.mkdir()
+    onnx.save(model, str(tied), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
+    for scope in ("layer", "global"):
+        out = tmp_path / scope / "mlp.onnx"
+        out.parent.mkdir()
+        layers = big.magnitude_prune(tied, out, 0.45, scope=scope)
+        before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tied)).graph.initializer}
+        after = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+        names = [layer.weight for layer in layers]
+        zeroed = np.concatenate([np.abs(before[n][(after[n] == 0) & (before[n] != 0)]) for n in names])
+        kept = np.concatenate([np.abs(after[n][after[n] != 0]) for n in names])
+        assert zeroed.size and zeroed.max() <= kept.min()
+        total = sum(before[n].size for n in names)
+        if scope == "global":
+            assert sum(int(np.count_nonzero(after[n] == 0)) for n in names) == int(0.45 * total)
+        else:
+            assert all(int(np.count_nonzero(after[n] == 0)) == int(0.45 * before[n].size) for n in names)
+        for n in names:  # only zeros added: every other value unchanged
+            np.testing.assert_array_equal(after[n][after[n] != 0], before[n][after[n] != 0])
+
+
+def test_compress_prune_then_int4_through_the_cli(large, tmp_path, cli):
+    out = tmp_path / "pq" / "mlp.pruned50.int4.onnx"
+    res = cli("compress", large, "--prune", "0.5", "--prune-scope", "global", "--quantize", "int4", "-o", out,
+              "--json", "--runs", "0")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert len(report["layers"]) == 3
+    total = sum(layer["params"] for layer in report["layers"])
+    assert abs(sum(layer["params"] * layer["sparsity_after"] for layer in report["layers"]) - total // 2) <= 1
+    ops = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
+    assert ops.count("MatMulNBits") == 3
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlp.pruned50.int4.onnx", "mlp.pruned50.int4.onnx.data"]
+    assert ort_run(out, _x()).shape == (4, WIDTH)
+
+
+def test_convert_to_openvino_above_the_threshold(large, tmp_path, cli):
+    out = tmp_path / "ov" / "mlp.xml"
+    res = cli("convert", large, "--to", "openvino", "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["ok"] is True and len(report["parity"]["runs"]) == 2  # two sizes of the dynamic batch, in turn
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlp.bin", "mlp.xml"]
+    assert (out.parent / "mlp.bin").stat().st_size >= onnx_data_weights(large)  # float32 weights in the .bin
+
+
+def onnx_data_weights(path: Path) -> int:
+    from modelport.formats import onnx_data
+
+    return onnx_data.weight_bytes(onnx.load(str(path), load_external_data=False))
+
+
+def test_tflite_above_two_gib_is_refused_before_converting(tmp_path, cli):
+    """A 2.15 GiB weight in a sparse file (no disk used): refused from the protobuf alone, nothing written."""
+    n = 24000
+    src = tmp_path / "big" / "big.onnx"
+    src.parent.mkdir()
+    data = src.with_name("big.onnx.data")
+    with open(data, "wb") as f:
+        f.truncate(n * n * 4)
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[n, n])
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", data.name), ("offset", "0"), ("length", str(n * n * 4))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], [t])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    out = tmp_path / "out" / "big.tflite"
+    res = cli("convert", src, "--to", "tflite", "-o", out)
+    assert res.exit_code == 3, res.stderr
+    _one_line(res.stderr, "TFLite", str(n * n * 4), "2 GiB")
+    assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -151,6 +151,8 @@ class _Work:
         import onnx
 
         self.count += 1
+        if self.large:
+            return self._apply_large(exclude, fractions)
         src = self.base
         if self.plan.prune and not self.plan.structured:
             model = read_onnx(src)
@@ -166,7 +168,9 @@ class _Work:
         if mode == "dynamic" and self.large:
             quant.quantize_dynamic_large(src, dst, per_channel=self.plan.per_channel, exclude=exclude)
         elif mode == "dynamic":
-            quant.quantize_dynamic(src, dst, per_channel=self.plan.per_channel, exclude=exclude)
+            note = quant.quantize_dynamic(src, dst, per_channel=self.plan.per_channel, exclude=exclude)
+            if note and note not in self.notes:  # weights inside If/Loop/Scan bodies: weight-only int8
+                self.notes.append(note)
         elif mode == "static":
             note = quant.quantize_static(src, dst, self.plan.calibration, method=self.plan.calibrate_method,
                                          per_channel=self.plan.per_channel, exclude=exclude)
@@ -184,6 +188,36 @@ class _Work:
                                   onnx.load(str(dst), load_external_data=False), mode, self.original)
         if src != self.base:
             src.unlink(missing_ok=True)
+        self.layers_of[dst] = self.layers
+        return dst
+
+    def _apply_large(self, exclude: frozenset[str], fractions: dict[str, float] | None) -> Path:
+        """``apply`` above the threshold: every pass chunk by chunk from memory-mapped weights (compress.large)."""
+        from modelport.compress import large as big
+
+        dst = self.work / f"trial{self.count}" / self.dest_name  # the external data file is named for it
+        dst.parent.mkdir()
+        src, mode = self.base, self.plan.quantize
+        if self.plan.prune:
+            src = dst if mode is None else self.work / f"trial{self.count}.pruned" / "model.onnx"
+            src.parent.mkdir(exist_ok=True)
+            self.layers = big.magnitude_prune(self.base, src, self.plan.prune, scope=self.plan.prune_scope,
+                                              exclude=exclude, fractions=fractions)
+        if mode == "dynamic":
+            quant.quantize_dynamic_large(src, dst, per_channel=self.plan.per_channel, exclude=exclude)
+        elif mode == "int4":
+            big.quantize_int4(src, dst, exclude=exclude)
+        elif mode == "fp16":
+            big.convert_fp16(src, dst, keep_io_float32=self.plan.keep_io_float32, exclude=exclude)
+        before = _load_proto(src)
+        if mode in ("dynamic", "int4") and not exclude:  # the first (full) trial: something must be quantized
+            quant.check_quantized(before, _load_proto(dst) if dst.is_file() else before, mode, self.original)
+        if not dst.is_file():  # accuracy control left every quantizable layer in float: the model as it was
+            from modelport.formats import onnx_data
+
+            onnx_data.save(before, dst, base_dir=src.parent, external=True)
+        if src not in (self.base, dst):  # the pruned model that was then quantized
+            shutil.rmtree(src.parent)
         self.layers_of[dst] = self.layers
         return dst
 
@@ -374,10 +408,12 @@ def _context(model, out, quantize, calibration, calibrate_method, per_channel, k
     from modelport.formats import onnx_data
 
     large = onnx_data.is_large(src)
-    if large and (structured or prune or quantize != "dynamic"):
-        what = "structured pruning" if structured else "pruning" if prune else f"--quantize {quantize}"
+    if large and (structured or quantize == "static"):
+        what = "structured pruning" if structured else f"--quantize {quantize}"
+        why = ("it re-exports the model through PyTorch and torch.onnx" if structured else
+               "onnxruntime's calibration and QDQ quantizer hold the model in one protobuf, limited to 2 GiB")
         raise UnsupportedError(f"{what} of a model whose weights exceed {onnx_data.threshold()} bytes is not supported "
-                               "(it would hold the weights in a protobuf); --quantize dynamic is", path=src)
+                               f"({why}); --quantize dynamic, int4 or fp16 and unstructured --prune are", path=src)
     source = load_model(src, load_external_data=not large)  # a large model's weights stay in their files
     specs = graph_signature(source).inputs
     plan = _Plan(quantize, calibrate_method, per_channel, keep_io_float32, float(prune) if prune else None,
@@ -493,8 +529,9 @@ def _prepare(start: Path, ctx: _Context, work: Path):
     if ctx.large:  # weights above the threshold: never into a protobuf (onnxruntime's pre-processing would)
         from modelport.formats import onnx_data
 
-        notes.append(f"weights above {onnx_data.threshold()} bytes: onnxruntime's quantization pre-processing skipped; "
-                     "MatMul weights quantized a block of rows at a time from their memory-mapped external data")
+        notes.append(f"weights above {onnx_data.threshold()} bytes: " + (
+            "onnxruntime's quantization pre-processing skipped; " if ctx.plan.quantize == "dynamic" else "")
+            + "weights compressed a block at a time from their memory-mapped external data")
         prepared = ctx.source
         if quant.name_nodes(prepared):
             notes.append("unnamed nodes were given names (accuracy control refers to nodes by name)")

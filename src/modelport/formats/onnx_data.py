@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from modelport.errors import BadInputError
+from modelport.errors import BadInputError, UnsupportedError
 
 THRESHOLD_ENV = "MODELPORT_EXTERNAL_DATA_THRESHOLD"
 DEFAULT_THRESHOLD = int(1.8 * 2**30)
@@ -323,3 +323,27 @@ def is_large(path: str | os.PathLike) -> bool:
 def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` itself, or for a model read without its external data, :func:`without_weights` of it (for onnx's checker)."""
     return without_weights(model) if has_external(model) else model
+
+
+#: a FlatBuffer addresses its contents with 32-bit signed offsets: a TFLite file holds at most 2 GiB
+FLATBUFFER_LIMIT = 2**31
+
+
+def check_flatbuffer_limit(path: str | os.PathLike, target: str = "TFLite") -> None:
+    """UnsupportedError when the ONNX model at ``path`` has more weight bytes than a FlatBuffer can hold.
+
+    Only the protobuf is read; called before any converter runs, so nothing is converted or written."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    from modelport.security.loaders import read_onnx
+
+    try:
+        size = weight_bytes(read_onnx(p, load_external_data=False))
+    except Exception:  # noqa: BLE001  (unreadable: the converter that opens it says why)
+        return
+    if size >= FLATBUFFER_LIMIT:
+        raise UnsupportedError(
+            f"a {target} file cannot hold this model: its weights are {size} bytes ({size / 2**30:.2f} GiB) and a "
+            f"FlatBuffer is limited to 2 GiB ({FLATBUFFER_LIMIT} bytes); nothing converted (--to openvino or "
+            "--to torch take models of any size)", path=p)
