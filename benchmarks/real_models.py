@@ -21,9 +21,20 @@ that ONNX, and the tflite route is n/a. A route passes on exit 0 (verified); it 
 OpenVINO (``convert_model`` + ``reshape`` to the same shapes) on the same ONNX file and compare with
 onnxruntime: max |a - b| / max |a| over the outputs.
 
-onnx2torch 1.5.15 is not a column: it is not in our lock, and its wheel declares ``torch>=1.8`` with
-onnx and numpy unpinned, so installing it beside our torch 2.13 is untested; this benchmark installs
-nothing. Writes DIR/results.jsonl (one row per model x route) and DIR/table.md, and prints the table.
+The onnx2torch column (``--direct onnx2torch``) runs ``onnx2torch.convert`` (1.5.15) on the same ONNX
+file in a throwaway venv of its own (``--onnx2torch-python``, default DIR/onnx2torch-venv/bin/python)
+and compares the module's outputs with onnxruntime. onnx2torch is not in our lock (its wheel declares
+``torch>=1.8`` with onnx unpinned), so the venv is made by hand, with our pins:
+
+    uv venv -p python3.11 DIR/onnx2torch-venv
+    uv pip install -p DIR/onnx2torch-venv/bin/python --find-links /opt/wheels torch==2.13.0+cpu \
+        onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 protobuf==7.36.2
+    uv pip install -p DIR/onnx2torch-venv/bin/python --no-deps onnx2torch==1.5.15
+
+onnx2torch imports torchvision (for NonMaxSuppression and RoiAlign only; no corpus model has them).
+torchvision 0.28.0 from PyPI does not load beside torch 2.13.0+cpu (``operator torchvision::nms does
+not exist``) and its CPU build is not reachable here, so DIR/onnx2torch-venv/stub holds a stand-in
+``torchvision`` whose ops raise (``--onnx2torch-stub``; put on PYTHONPATH). Writes DIR/results.jsonl (one row per model x route) and DIR/table.md, and prints the table.
 Run again with the same --out, it resumes: the rows it has are kept (with --rerun-failed, the failed
 ones run again and the new row replaces the old).
 """
@@ -50,7 +61,7 @@ import corpus  # noqa: E402  (tests/corpus.py: the manifest and the fetcher)
 
 ROUTES = ("inspect", "torch", "torch-plain", "tflite", "openvino", "savedmodel", "int8-dynamic", "int8-static",
           "check", "adapt-13")
-DIRECT = ("onnx2tf-direct", "openvino-direct")
+DIRECT = ("onnx2tf-direct", "openvino-direct", "onnx2torch-direct")
 
 # Runs in a fresh interpreter with plain torch + safetensors: the generated model.py and its weights only.
 PLAIN_TORCH = r"""
@@ -67,6 +78,46 @@ with torch.inference_mode():
 res = list(res) if isinstance(res, (tuple, list)) else [res]
 np.savez(out, *[r.numpy() for r in res])
 """
+
+
+# Runs in the onnx2torch venv: onnx2torch.convert on the ONNX file, the module run on the corpus inputs.
+ONNX2TORCH = r"""
+import sys
+import numpy as np, onnx, onnx2torch, torch
+path, npz, out = sys.argv[1:4]
+feeds = dict(np.load(npz))
+model = onnx.load(path)
+inits = {t.name for t in model.graph.initializer}
+names = [i.name for i in model.graph.input if i.name not in inits]
+net = onnx2torch.convert(model).eval()
+with torch.inference_mode():
+    res = net(*[torch.from_numpy(feeds[n]) for n in names])
+res = list(res) if isinstance(res, (tuple, list)) else [res]
+np.savez(out, *[r.numpy() for r in res])
+"""
+
+
+def run_onnx2torch_direct(onnx_path: Path, npz: Path, feeds: dict, work: Path, python: str, stub: str | None) -> dict:
+    if not Path(python).is_file():
+        return {"status": "fail", "message": f"no onnx2torch venv at {python} (see the docstring)"}
+    out = work / "onnx2torch_outputs.npz"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    if stub:
+        env["PYTHONPATH"] = stub
+    try:
+        proc = subprocess.run([python, "-c", ONNX2TORCH, str(onnx_path), str(npz), str(out)], capture_output=True,
+                              text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "fail", "message": "onnx2torch: over 900 s"}
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        return {"status": "fail", "message": " ".join((lines or ["?"])[-1].split())[:300]}
+    got = np.load(out)
+    got = [got[f"arr_{i}"] for i in range(len(got.files))]
+    try:
+        return {"status": "pass", "max_rel": rel_err(ort_outputs(onnx_path, feeds), got)}
+    except ValueError as exc:
+        return {"status": "fail", "message": f"outputs differ in shape: {exc}"}
 
 
 def rel_err(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
@@ -175,11 +226,19 @@ def run_onnx2tf_direct(onnx_path: Path, model: corpus.Model, feeds: dict, work: 
         if not tfl:
             return {"status": "fail", "message": "onnx2tf wrote no float32 .tflite"}
         it = Interpreter(str(tfl[0]))
-        it.allocate_tensors()
         ordered = [feeds[i.name] for i in model.inputs] if model.fmt == "onnx" else list(feeds.values())
-        for detail, arr in zip(it.get_input_details(), ordered):  # onnx2tf keeps the ONNX input order
-            if tuple(arr.shape) != tuple(detail["shape"]) and arr.ndim >= 3:
+        details = it.get_input_details()
+        placed = []
+        for detail, arr in zip(details, ordered):  # onnx2tf keeps the ONNX input order, NCHW made NHWC
+            sig = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+            fits = lambda a: a.ndim == len(sig) and all(d < 0 or d == n for d, n in zip(sig, a.shape))  # noqa: E731
+            if arr.ndim >= 3 and (not fits(arr) or tuple(arr.shape) != tuple(detail["shape"])) and fits(np.moveaxis(arr, 1, -1)):
                 arr = np.moveaxis(arr, 1, -1)
+            placed.append(arr)
+            if tuple(arr.shape) != tuple(detail["shape"]):  # dynamic dims: sized to the corpus inputs
+                it.resize_tensor_input(detail["index"], list(arr.shape), strict=False)
+        it.allocate_tensors()
+        for detail, arr in zip(details, placed):
             it.set_tensor(detail["index"], np.ascontiguousarray(arr, dtype=detail["dtype"]))
         it.invoke()
         got = [it.get_tensor(d["index"]) for d in it.get_output_details()]
@@ -270,6 +329,12 @@ def worker(model_id: str, routes: list[str], direct: set[str], results: Path, ca
         if "openvino" in direct and "openvino-direct" not in done:
             t = time.perf_counter()
             emit("openvino-direct", {**run_openvino_direct(onnx_src, model, feeds), "seconds": time.perf_counter() - t})
+        if "onnx2torch" in direct and "onnx2torch-direct" not in done:
+            t = time.perf_counter()
+            python = os.environ.get("REAL_MODELS_ONNX2TORCH_PYTHON", "")
+            stub = os.environ.get("REAL_MODELS_ONNX2TORCH_STUB") or None
+            emit("onnx2torch-direct", {**run_onnx2torch_direct(onnx_src, npz, feeds, work, python, stub),
+                                       "seconds": time.perf_counter() - t})
         if "onnx2tf" in direct and "onnx2tf-direct" not in done:
             t = time.perf_counter()
             emit("onnx2tf-direct", {**run_onnx2tf_direct(onnx_src, model, feeds, work), "seconds": time.perf_counter() - t})
@@ -334,11 +399,13 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(m.id for m in corpus.MODELS))
     ap.add_argument("--routes", default=",".join(ROUTES))
     ap.add_argument("--no-direct", action="store_true", help="no direct columns (same as --direct none)")
-    ap.add_argument("--direct", default="openvino,onnx2tf", help="the tools run directly: openvino, onnx2tf, none")
+    ap.add_argument("--direct", default="openvino,onnx2tf", help="the tools run directly: openvino, onnx2tf, onnx2torch, none")
     ap.add_argument("--out", default=None, help="where results.jsonl and table.md go (default: a temp dir)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per model")
     ap.add_argument("--rerun-failed", action="store_true", help="with --out of an earlier run: run its failed rows again")
     ap.add_argument("--jobs", type=int, default=1, help="models converted at once (each in its own process)")
+    ap.add_argument("--onnx2torch-python", default=None, help="python of the onnx2torch venv (default OUT/onnx2torch-venv)")
+    ap.add_argument("--onnx2torch-stub", default=None, help="a folder put on its PYTHONPATH (default OUT/onnx2torch-venv/stub)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--results", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -350,6 +417,10 @@ def main() -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="real-models-"))
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
+    venv = out / "onnx2torch-venv"
+    os.environ["REAL_MODELS_ONNX2TORCH_PYTHON"] = args.onnx2torch_python or str(venv / "bin" / "python")
+    stub = args.onnx2torch_stub or (str(venv / "stub") if (venv / "stub").is_dir() else "")
+    os.environ["REAL_MODELS_ONNX2TORCH_STUB"] = stub
     models = [m for m in args.models.split(",") if m]
     for mid in models:
         corpus.fetch(mid, cache)

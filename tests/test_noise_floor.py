@@ -189,3 +189,51 @@ def test_the_floor_never_excuses_non_finite_values_integers_or_a_failing_toleran
     wrong_top1 = compare_output("p", np.array([[0.0, 1.0]], np.float32), np.array([[1.0, 0.0]], np.float32),
                                 None, None, (1.0, "test"))
     assert not wrong_top1.ok and "top-1" in wrong_top1.reason
+
+
+# A pre-quantized model rounds x / scale at run time (DynamicQuantizeLinear): implementations that compute the
+# scale or the quotient one float32 ulp differently round near-ties the other way, a whole quantum apart.
+def _fake_quant(path, n: int = 255) -> str:
+    """y = DequantizeLinear(DynamicQuantizeLinear(x)) * 3: one quantum of y is 3 * scale."""
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"]),
+         helper.make_node("Mul", ["dq", "three"], ["y"])], "fake_quant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(np.asarray(3.0, np.float32), "three")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_quantizer_rounding_is_part_of_the_noise_floor(tmp_path):
+    from modelport import formats
+    from modelport.verify.noise import NoiseJudge, NoiseProbe, rounding_variants
+    from modelport.verify.parity import compare_outputs
+
+    path = _fake_quant(tmp_path / "fq.onnx")
+    scale = np.float32(2.55) / np.float32(255)
+    x = ((np.arange(255, dtype=np.float32) + np.float32(0.5)) * scale)[None]  # every value a near-tie of x / scale
+    x[0, -1] = np.float32(2.55)
+    feed = {"x": x}
+    with formats.open_runner(path) as runner:
+        ref = runner.run(feed)
+        floors = NoiseProbe(runner).measure(feed, ref)
+        floor, how = floors["y"]
+        quantum = 3 * float(scale)
+        assert "DynamicQuantizeLinear rounding one ulp" in how
+        assert 0.99 * quantum <= floor <= 1.01 * quantum  # one quantum, not zero (ORT opt vs unopt agree exactly)
+        variants = rounding_variants(onnx.load(path))
+        assert [h.rsplit(" ", 1)[-1] for h, _ in variants] == ["up", "down"]
+        assert not any(n.op_type == "DynamicQuantizeLinear" for _, m in variants for n in m.graph.node)
+        tie = int(np.argmax(np.abs(ref["y"][0] - np.round(ref["y"][0] / quantum) * quantum) < 1e-6))
+        for moved, passes in ((1.0, True), (10.0, False)):  # a rounding flip passes; ten quanta do not
+            got = {"y": ref["y"].copy()}
+            got["y"][0, tie] += moved * quantum
+            outputs = compare_outputs(ref, got, rtol=1e-4, atol=1e-5)
+            assert not outputs[0].ok
+            judged = NoiseJudge(runner, True)(feed, ref, got, outputs, rtol=1e-4, atol=1e-5)
+            assert judged[0].ok is passes and judged[0].noise_floor == pytest.approx(floor)

@@ -16,6 +16,7 @@ from modelport.artifact import Artifact, StepRecord, TensorSpec
 from modelport.convert.registry import ConvertOptions, companions, output_kind, plan
 from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats import LoadOptions, detect, open_runner
+from modelport.inputs import ConstantSpec
 from modelport.pipeline import Pipeline, Staging, StepResult, Verdict, read_lineage
 from modelport.verify import ParityReport, compare_runners, failure_path
 from modelport.verify.localize import localize_failure
@@ -60,17 +61,22 @@ def default_output(src: str, dst_format: str) -> str:
 _SHAPE_AGNOSTIC = {"torch-module", "torchscript", "torch-export", "torch"}
 
 
-def _verify_specs(src_fmt: str, src_sig, dst_sig) -> tuple[TensorSpec, ...] | None:
+def _verify_specs(src_fmt: str, src_sig, dst_sig, given: tuple[TensorSpec, ...] = ()) -> tuple[TensorSpec, ...] | None:
     """Input specs (named as the source's) that both models accept, dynamic wherever both allow.
 
     A dim fixed in the converted model stays fixed; a dim dynamic in the converted model
-    stays dynamic unless the source fixes it (and the source is not shape-agnostic).
+    stays dynamic unless the source fixes it (and the source is not shape-agnostic). An input
+    of the source the user gave a value (``--input sr=16000``) is fed that value.
     """
     if len(src_sig.inputs) != len(dst_sig.inputs):
         return None
     by_name = {s.name: s for s in dst_sig.inputs}
+    constants = {s.name: s for s in given if isinstance(s, ConstantSpec)}
     out = []
     for i, s in enumerate(src_sig.inputs):
+        if s.name in constants:
+            out.append(constants[s.name])
+            continue
         d = by_name.get(s.name) or dst_sig.inputs[i]
         if d.shape is None or s.shape is None or len(d.shape) != len(s.shape):
             out.append(TensorSpec(s.name, s.dtype, d.shape if s.shape is None else s.shape))
@@ -145,7 +151,7 @@ def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol,
             parity = compare_in_turn(lambda: open_runner(source.path, fmt, src_options),
                                      lambda: open_runner(result.path, result.format), inputs=inputs, dims=dims,
                                      rtol=r, atol=a, seed=seed, tolerances=tolerances,
-                                     specs_of=lambda sa, sb: _verify_specs(fmt, sa, sb), keep_failure=keep_failure)
+                                     specs_of=lambda sa, sb: _verify_specs(fmt, sa, sb, options.inputs), keep_failure=keep_failure)
             summary = f"converted model does not match the source: {parity.summary()}"
             if parity.failure_file:
                 command = reproduce(parity.failure_file) if reproduce else None
@@ -156,7 +162,8 @@ def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol,
         with open_runner(source.path, fmt, LoadOptions(weights=options.weights, inputs=options.inputs)) as ra, \
                 open_runner(result.path, result.format) as rb:
             parity = compare_runners(ra, rb, inputs=inputs, dims=dims, rtol=r, atol=a, seed=seed, tolerances=tolerances,
-                                     specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature),
+                                     specs=None if inputs is not None else _verify_specs(fmt, ra.signature, rb.signature,
+                                                                                     options.inputs),
                                      keep_failure=keep_failure if max_drop is None else None)
             task = None
             if eval_data is not None:
@@ -244,6 +251,8 @@ def convert(
     for _, dest in beside:
         if dest.is_dir():
             raise BadInputError("output exists and is a directory", path=dest)
+    if inputs is not None and options.get("input_values") is None:  # a converter may specialise on them (and says so)
+        options = dataclasses.replace(options, extra=(*options.extra, ("input_values", inputs)))
     later = dataclasses.replace(options, weights=None, inputs=())  # only the first edge reads the user's weights
     steps = [ConvertStep(edge, options if i == 0 else later, i, kind=kind if i == len(route) - 1 else None)
              for i, edge in enumerate(route)]

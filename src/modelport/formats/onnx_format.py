@@ -397,7 +397,15 @@ class OnnxRunner(BaseRunner):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.signature.output_names
-        outs = self.session.run(names, {k: np.asarray(v) for k, v in feeds.items()})
+        arrays = {k: np.asarray(v) for k, v in feeds.items()}
+        try:
+            outs = self.session.run(names, arrays)
+        except Exception as exc:  # onnxruntime's Fail / InvalidArgument / RuntimeException at run time
+            if type(exc).__module__.split(".")[0] != "onnxruntime":
+                raise
+            shapes = ", ".join(f"{k}:{'x'.join(map(str, a.shape)) or 'scalar'}:{a.dtype}" for k, a in arrays.items())
+            first = " ".join(str(exc).strip().split())[:300]
+            raise BadInputError(f"the model fails on inputs {shapes}: {first}", path=self.path) from None
         return dict(zip(names, outs))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.artifact import Signature, TensorSpec
-from modelport.errors import BadInputError
+from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats.base import BaseRunner, LoadOptions, fill_signature, require
 
 NAME = "savedmodel"
@@ -70,7 +70,14 @@ class SavedModelRunner(BaseRunner):
         import tensorflow as tf
 
         kwargs = {s.name: tf.constant(np.asarray(feeds[s.name])) for s in self._signature.inputs}
-        out = self.fn(**kwargs)
+        try:
+            out = self.fn(**kwargs)
+        except (tf.errors.OpError, ValueError, TypeError) as exc:  # e.g. InvalidArgumentError: Incompatible shapes
+            shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in kwargs.items())
+            text = getattr(exc, "message", None) or str(exc)
+            first = " ".join(re.sub(r"\{\{[^}]*\}\}", "", text).split())[:300] or type(exc).__name__
+            raise UnsupportedError(f"SavedModel fails at input shapes {shapes} ({type(exc).__name__}: {first})",
+                                   path=self.path) from None
         return {s.name: out[s.name].numpy() for s in self._signature.outputs}
 
 

@@ -4,7 +4,13 @@ A relative error against an output's max is ill-conditioned where that output is
 is the difference of large, nearly equal values: float32 rounding alone then moves it by more
 than any fixed tolerance. ``NoiseProbe`` measures that movement on the same inputs: the
 reference model run by onnxruntime with graph optimizations off (``ORT_DISABLE_ALL``; the
-reference runs with them on) and, when the model is small, by ``onnx.reference``. Per output,
+reference runs with them on) and, when the model is small, by ``onnx.reference``. A model that
+quantizes its activations at run time (``DynamicQuantizeLinear``: a pre-quantized model) rounds
+``x / scale`` to integers, and implementations that compute the scale or the quotient one float32
+ulp differently (``x * (1 / scale)``, a fused kernel) round the values near a tie the other way,
+moving the output by whole quanta; two more variants measure that: the reference with every
+``DynamicQuantizeLinear`` written out as its ONNX definition and its rounding input moved by one
+ulp up, and down (``rounding_variants``). Per output,
 
     noise_floor = max over variants of max |reference - variant|
 
@@ -27,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NoiseProbe", "NoiseJudge", "enabled", "is_enabled", "REFERENCE_MAX_BYTES", "REFERENCE_MAX_NODES"]
+__all__ = ["NoiseProbe", "NoiseJudge", "enabled", "is_enabled", "rounding_variants", "REFERENCE_MAX_BYTES",
+           "REFERENCE_MAX_NODES"]
 
 # onnx.reference is numpy, op by op: used only on models and inputs this small.
 REFERENCE_MAX_BYTES = 32 << 20
@@ -61,6 +68,58 @@ def _max_abs(ref: np.ndarray, other: np.ndarray) -> float | None:
     return float(np.abs(r[both] - o[both]).max()) if both.any() else 0.0
 
 
+ULP = float(2.0 ** -23)  # one float32 ulp, relative
+
+
+def _dql_nodes(node: Any, factor: float, pre: str) -> tuple[list[Any], list[Any]]:
+    """DynamicQuantizeLinear(x) -> (y, y_scale, y_zero_point) as its ONNX definition (the schema's
+    function body) with ``round(x / scale)`` taken of ``x / scale * factor``: (nodes, initializers)."""
+    from onnx import TensorProto, helper
+
+    x = node.input[0]
+    y, y_scale, y_zp = (list(node.output) + ["", "", ""])[:3]
+    n = lambda v: pre + v  # noqa: E731
+    inits = [helper.make_tensor(n("zero"), TensorProto.FLOAT, [], [0.0]),
+             helper.make_tensor(n("qmax"), TensorProto.FLOAT, [], [255.0]),
+             helper.make_tensor(n("factor"), TensorProto.FLOAT, [], [factor])]
+    mk = helper.make_node
+    nodes = [mk("ReduceMin", [x], [n("min0")], keepdims=0), mk("Min", [n("min0"), n("zero")], [n("min")]),
+             mk("ReduceMax", [x], [n("max0")], keepdims=0), mk("Max", [n("max0"), n("zero")], [n("max")]),
+             mk("Sub", [n("max"), n("min")], [n("range")]), mk("Div", [n("range"), n("qmax")], [y_scale or n("scale")]),
+             mk("Div", [n("min"), y_scale or n("scale")], [n("min_scaled")]),
+             mk("Sub", [n("zero"), n("min_scaled")], [n("zp0")]), mk("Clip", [n("zp0"), n("zero"), n("qmax")], [n("zp1")]),
+             mk("Round", [n("zp1")], [n("zpf")]), mk("Div", [x, y_scale or n("scale")], [n("q0")]),
+             mk("Mul", [n("q0"), n("factor")], [n("q1")]), mk("Round", [n("q1")], [n("q2")]),
+             mk("Add", [n("q2"), n("zpf")], [n("q3")]), mk("Clip", [n("q3"), n("zero"), n("qmax")], [n("q4")])]
+    if y:
+        nodes.append(mk("Cast", [n("q4")], [y], to=TensorProto.UINT8))
+    if y_zp:
+        nodes.append(mk("Cast", [n("zpf")], [y_zp], to=TensorProto.UINT8))
+    return nodes, inits
+
+
+def rounding_variants(model: Any) -> list[tuple[str, Any]]:
+    """The model with every (main-graph) DynamicQuantizeLinear written out, its rounding input moved by
+    one float32 ulp up and down: ``[(how, model)]``; ``model`` is not changed."""
+    import onnx
+
+    out = []
+    for sign, word in ((1, "up"), (-1, "down")):
+        variant = onnx.ModelProto.FromString(model.SerializeToString())
+        graph, nodes = variant.graph, []
+        for k, node in enumerate(graph.node):
+            if node.op_type == "DynamicQuantizeLinear" and node.domain in ("", "ai.onnx"):
+                more, inits = _dql_nodes(node, float(np.float32(1.0 + sign * ULP)), f"__noise_dql{k}_")
+                nodes.extend(more)
+                graph.initializer.extend(inits)
+            else:
+                nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        out.append((f"onnxruntime vs DynamicQuantizeLinear rounding one ulp {word}", variant))
+    return out
+
+
 class NoiseProbe:
     """The variants of an ONNX reference (an ``OnnxRunner``), built on first use and reused across input sets."""
 
@@ -69,6 +128,7 @@ class NoiseProbe:
         self._providers = self._providers_of(runner)
         self._unoptimized: Any = None
         self._reference: Any = None
+        self._rounding: list[Any] | None = None
         self._failed: set[str] = set()
 
     @staticmethod
@@ -120,6 +180,35 @@ class NoiseProbe:
                 self._failed.add("onnx.reference")
         return self._reference
 
+    def _rounding_sessions(self) -> list[tuple[str, Any]]:
+        """onnxruntime sessions of the reference with its DynamicQuantizeLinear rounding moved one ulp
+        up and down (``rounding_variants``); none for a model without one (or with external data)."""
+        if self._rounding is None:
+            self._rounding = []
+            if "rounding" in self._failed:
+                return self._rounding
+            import onnxruntime as ort
+
+            from modelport.formats.onnx_format import load_model
+            from modelport.quiet import native_output
+
+            try:
+                header = load_model(self.path, load_external_data=False, notes=[])
+                if any(t.data_location == 1 for t in header.graph.initializer) or not any(
+                        n.op_type == "DynamicQuantizeLinear" and n.domain in ("", "ai.onnx") for n in header.graph.node):
+                    return self._rounding
+                so = ort.SessionOptions()
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no refusing into one kernel
+                so.log_severity_level = 3
+                with native_output():
+                    for how, variant in rounding_variants(header):
+                        self._rounding.append((how, ort.InferenceSession(variant.SerializeToString(), sess_options=so,
+                                                                         providers=self._providers)))
+            except Exception:  # noqa: BLE001  (no variant: the floor is measured without it)
+                self._failed.add("rounding")
+                self._rounding = []
+        return self._rounding
+
     def _variants(self, feed: dict[str, np.ndarray], names: list[str]) -> list[tuple[str, dict[str, np.ndarray]]]:
         out = []
         arrays = {k: np.asarray(v) for k, v in feed.items()}
@@ -129,6 +218,11 @@ class NoiseProbe:
                 out.append(("onnxruntime optimized vs unoptimized", dict(zip(names, session.run(names, arrays)))))
             except Exception:  # noqa: BLE001
                 self._failed.add("onnxruntime")
+        for how, sess in self._rounding_sessions():
+            try:
+                out.append((how, dict(zip(names, sess.run(names, arrays)))))
+            except Exception:  # noqa: BLE001
+                self._failed.add("rounding")
         evaluator = self._reference_evaluator(feed)
         if evaluator is not None:
             try:
@@ -152,7 +246,7 @@ class NoiseProbe:
         return floors
 
     def close(self) -> None:
-        self._unoptimized = self._reference = None
+        self._unoptimized = self._reference = self._rounding = None
 
     def __enter__(self) -> NoiseProbe:
         return self
