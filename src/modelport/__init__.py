@@ -75,6 +75,21 @@ def _specs(given: SpecsLike) -> tuple[TensorSpec, ...]:
     return tuple(s if isinstance(s, TensorSpec) else parse_input_spec(s) for s in given or ())
 
 
+def _torch_source(src, src_format: str | None, weights: str | None) -> tuple[str, str, str | None] | None:
+    """(file.py, class name, weights) when ``src`` is a PyTorch module spec: the litert-torch TFLite route
+    converts the user's own module (``modelport.convert.litert_route``)."""
+    from modelport.errors import ModelportError
+    from modelport.formats import detect, split_module_spec
+
+    parts = split_module_spec(str(src))
+    try:
+        if not parts or detect(src, src_format) != "torch-module":
+            return None
+    except ModelportError:  # convert itself says what is wrong with the source
+        return None
+    return str(Path(parts[0]).resolve()), parts[1], weights and str(Path(weights).resolve())
+
+
 def _dims(dims: dict[str, int] | Sequence[str] | None) -> dict[str, int] | None:
     from modelport.inputs import parse_dims
 
@@ -117,6 +132,7 @@ def convert(
     dynamic_batch: bool = True,
     tflite_dtype: str | None = None,
     static_dims: str | None = None,
+    tflite_route: str | None = None,
     verify: bool = True,
     inputs: str | Path | dict[str, np.ndarray] | None = None,
     dims: dict[str, int] | Sequence[str] | None = None,
@@ -134,7 +150,8 @@ def convert(
 
     ``tflite_dtype`` (``float32`` or ``float16`` weights) and ``static_dims``
     (``batch=1,sequence=128``: sizes for dims the TF/TFLite converter must freeze) concern
-    the ONNX -> savedmodel/tflite step.
+    the ONNX -> savedmodel/tflite step; ``tflite_route`` (``auto``, ``onnx2tf`` or ``litert``) picks the
+    TFLite converter (auto: onnx2tf, then litert-torch, the first that verifies).
 
     ``tol`` gives (rtol, atol) per output name. When parity fails, nothing is written but the
     failing inputs and both outputs (``NAME.parity-failure.npz`` beside ``out``, or in ``report_dir``),
@@ -151,7 +168,12 @@ def convert(
     from modelport.convert.run import convert as run_pipeline
     from modelport.convert.registry import ConvertOptions
 
-    extra = tuple((k, v) for k, v in (("tflite_dtype", tflite_dtype), ("static_dims", static_dims)) if v is not None)
+    # the TFLite edge verifies each of its routes as convert will (``modelport.convert.litert_route``)
+    route_check = (("tflite_route", tflite_route), ("verify_inputs", str(inputs) if isinstance(inputs, (str, Path)) else None),
+                   ("verify_rtol", rtol), ("verify_atol", atol), ("tflite_input_specs", _specs(input_specs) or None),
+                   ("torch_source", _torch_source(src, src_format, weights))) if to == "tflite" else ()
+    extra = tuple((k, v) for k, v in (("tflite_dtype", tflite_dtype), ("static_dims", static_dims), *route_check)
+                  if v is not None)
     options = ConvertOptions(opset=opset, inputs=_specs(input_specs), weights=weights, dynamic_batch=dynamic_batch,
                              extra=extra)
     return run_pipeline(src, to, out, src_format=src_format, options=options, verify=verify, inputs=inputs,

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.artifact import TensorSpec
 from modelport.convert.registry import ConvertOptions, ConverterResult, register
 from modelport.convert.tflite_to_onnx import DYNAMIC_RANGE_TOLERANCE  # activations quantized at run time
 from modelport.errors import BadInputError, ExportError
@@ -365,7 +366,12 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
         else:
             try:
                 _convert_file(source, folder, kept, list(pseudo))
-                return _Run(kept, {}, skipped, prep)
+                # a dynamic graph can convert and still not run at the user's shapes (ppocrv4-det: an Add of
+                # [1,20,20,96] and [1,10,20,96] after a Resize): then it is converted frozen at those shapes
+                failing = _fails_at_given_shapes(folder, options) if _given_sizes(model, options.inputs) else None
+                if failing is None:
+                    return _Run(kept, {}, skipped, prep)
+                first = f"the dynamic conversion fails at the given input shapes: {failing}"
             except ExportError as exc:
                 if not sizes:
                     raise ExportError(exc.args[0], path=src) from None
@@ -381,6 +387,35 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
     dims = ", ".join(f"{k}={v}" for k, v in sizes.items())
     note = "; ".join(n for n in (f"dynamic dims frozen ({dims}): {first}"[:300], skipped) if n)
     return _Run(kept, sizes, note, prep)
+
+
+def _fails_at_given_shapes(folder: Path, options: ConvertOptions) -> str | None:
+    """Why the SavedModel onnx2tf wrote in ``folder`` cannot run at the user's ``--input`` shapes (on
+    their ``--inputs`` values where given), or None when it runs (or when not every input has a shape)."""
+    from modelport.formats import open_runner
+    from modelport.inputs import load_npz, make_inputs
+
+    given = {s.name: s for s in options.inputs
+             if s.shape is not None and all(isinstance(d, int) and d >= 0 for d in s.shape)}
+    values = options.get("input_values")
+    values = (load_npz(values) if not isinstance(values, dict) else values) if values is not None else {}
+    try:
+        with open_runner(folder, "savedmodel") as conv:
+            names = [s.name for s in conv.signature.inputs]
+            if not all(n in given for n in names):
+                return None
+            specs = tuple(TensorSpec(s.name, s.dtype, given[s.name].shape) for s in conv.signature.inputs)
+            ints = {s.name: 1 for s in specs if np.dtype(s.dtype).kind in "iub"}  # index inputs: zeros
+            feeds = make_inputs(specs, seed=0, bounds=ints)[0]
+            for s in specs:
+                v = values.get(s.name)
+                if v is not None and tuple(np.shape(v)) == tuple(s.shape):
+                    feeds[s.name] = np.asarray(v).astype(s.dtype, copy=False)
+            conv.run(feeds)
+    except Exception as exc:  # noqa: BLE001 - any failure to run there is the reason to freeze
+        text = " ".join(str(exc).split())
+        return text[-240:] if len(text) > 240 else text or type(exc).__name__
+    return None
 
 
 def _parse_dims(value) -> dict[str, int]:
@@ -555,6 +590,17 @@ def onnx_to_savedmodel(src: str, out: str, options: ConvertOptions) -> Converter
 
 @register("onnx", "tflite", "onnx2tf")
 def onnx_to_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResult:
+    """The TFLite edge: onnx2tf, then litert-torch on our generated PyTorch module
+    (``modelport.convert.litert_route``; ``tflite_route`` in the options' extra picks one)."""
+    from modelport.convert.litert_route import tflite_routes
+    from modelport.formats import onnx_data
+
+    onnx_data.check_flatbuffer_limit(src)  # above 2 GiB of weights: exit 3 before either route runs
+    return tflite_routes(src, out, options, onnx2tf_tflite)
+
+
+def onnx2tf_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResult:
+    """ONNX -> TFLite with onnx2tf alone."""
     dtype = str(options.get("tflite_dtype", "float32"))
     if dtype not in TFLITE_DTYPES:
         raise BadInputError(f"tflite dtype must be one of {', '.join(TFLITE_DTYPES)}, not {dtype!r}")
