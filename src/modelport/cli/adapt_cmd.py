@@ -9,7 +9,7 @@ from rich.table import Table
 
 from modelport.cli.output import console, progress
 from modelport.cli.sign_cmd import (RequireSignatureOpt, SignOpt, emit_report, finish_provenance, print_provenance,
-                                    require_signed, resolve_inputs, start_provenance)
+                                    require_signed, resolve_inputs, start_provenance, user_paths)
 from modelport.cli.registry_lineage_cmd import RegisterOpt, RegistryOpt, record_output, registry_source
 from modelport.cli.verify_cmd import NoNoiseFloorOpt, parity_table
 
@@ -64,17 +64,18 @@ def register(app: typer.Typer) -> None:
             raise BadInputError("usage: modelport adapt MODEL -o OUT [--target T] [--opset N] [--layout nhwc] …")
         signer = start_provenance(sign)
         model, origin, out = registry_source(ctx, model, registry, register, out)
-        require_signed(require_signature, model)
+        (model_in,) = require_signed(require_signature, model)  # the verified copy
         resolve_inputs(signer, {"model": model, "eval": eval_data, "inputs": inputs,
                                "target": target if target and target.endswith(".json") else None})
         from modelport.verify.noise import enabled as noise_floor
 
         with progress(not as_json, f"adapting {model}") as update, noise_floor(not no_noise_floor):
-            report = run_adapt(model, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
+            report = run_adapt(model_in, out, target=target, opset=opset, layout=layout, batch=batch, dynamic_batch=dynamic_batch,
                                rename=rename, io_dtype=io_dtype, normalize=normalize, replace=replace, device=device,
                                eval_data=eval_data, inputs=inputs, dims=parse_dims(dim) or None, rtol=rtol, atol=atol,
                                tolerances=parse_tolerances(tol) or None, report_dir=report_dir, metric=metric, max_drop=max_drop,
                                progress=update)
+        report = user_paths(report)
         record = finish_provenance(signer, "adapt", report, ctx.params)
         record_output(ctx, "adapt", report, origin, register, registry, as_json)
         if as_json:

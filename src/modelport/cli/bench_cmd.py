@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json, progress
-from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed, user_paths
 
 
 def register(app: typer.Typer) -> None:
@@ -35,10 +35,11 @@ def register(app: typer.Typer) -> None:
             from modelport.errors import BadInputError
 
             raise BadInputError("--warmup must be >= 0 and --runs >= 1")
-        require_signed(require_signature, models, weights)
+        models_in, weights_in = require_signed(require_signature, models, weights)  # the verified copies
         with progress(not as_json, "benchmarking") as update:
-            report = api.bench(models, batches=batches, threads=threads, warmup=warmup, runs=runs, weights=weights,
+            report = api.bench(models_in, batches=batches, threads=threads, warmup=warmup, runs=runs, weights=weights_in,
                                input_specs=input, dims=dim, device=device, progress=update)
+        report = user_paths(report)
         if as_json:
             emit_json(report)
             return

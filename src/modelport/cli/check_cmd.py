@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
-from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed, user_paths
 
 
 def check_table(report) -> Table:
@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
             raise BadInputError(f"usage: modelport check MODEL --target T (known targets: {', '.join(known_targets())})")
         from modelport.adapt.run import check as run_check
 
-        require_signed(require_signature, model)
-        report = run_check(model, target)
+        (model_in,) = require_signed(require_signature, model)  # the verified copy
+        report = user_paths(run_check(model_in, target))
         if as_json:
             emit_json(report)
         else:

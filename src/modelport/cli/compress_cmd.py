@@ -9,7 +9,7 @@ from rich.table import Table
 
 from modelport.cli.output import console, progress
 from modelport.cli.sign_cmd import (RequireSignatureOpt, SignOpt, emit_report, finish_provenance, print_provenance,
-                                    require_signed, resolve_inputs, start_provenance)
+                                    require_signed, resolve_inputs, start_provenance, user_paths)
 from modelport.cli.registry_lineage_cmd import RegisterOpt, RegistryOpt, record_output, registry_source
 
 
@@ -84,15 +84,18 @@ def register(app: typer.Typer) -> None:
             raise BadInputError(f"--batch takes comma-separated integers, got {batch!r}") from None
         signer = start_provenance(sign)
         model, origin, out = registry_source(ctx, model, registry, register, out, lambda p: default_output(p, quantize, prune))
-        require_signed(require_signature, model)
+        (model_in,) = require_signed(require_signature, model)  # the verified copy
+        if out is None and model_in != model:  # the default output goes beside the user's model
+            out = str(default_output(model, quantize, prune))
         resolve_inputs(signer, {"model": model, "calibration": calibration, "eval": eval_data})
         with progress(not as_json, f"compressing {model}") as update:
             report = run_compress(
-                model, out, quantize=quantize, calibration=calibration, calibrate_method=calibrate_method,
+                model_in, out, quantize=quantize, calibration=calibration, calibrate_method=calibrate_method,
                 per_channel=per_channel, keep_io_float32=keep_io_float32, prune=prune, prune_scope=prune_scope,
                 structured=structured, eval_data=eval_data, max_drop=max_drop, bench_batches=batches,
                 bench_runs=runs, progress=update,
             )
+        report = user_paths(report)
         record = finish_provenance(signer, "compress", report, ctx.params)
         record_output(ctx, "compress", report, origin, register, registry, as_json)
         if as_json:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from modelport.cli.output import console, progress
 from modelport.cli.sign_cmd import (RequireSignatureOpt, SignOpt, emit_report, finish_provenance, print_provenance,
-                                    require_signed, resolve_inputs, start_provenance)
+                                    require_signed, resolve_inputs, start_provenance, user_paths)
 from modelport.cli.registry_lineage_cmd import RegisterOpt, RegistryOpt, record_output, registry_source
 from modelport.cli.verify_cmd import NoNoiseFloorOpt, parity_table
 
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         static_batch: Annotated[bool, typer.Option("--static-batch", help="Keep the batch dim static (default: dynamic).")] = False,
         tflite_dtype: Annotated[Optional[str], typer.Option("--tflite-dtype", help="TFLite weights: float32 or float16 (I/O stay float32).")] = None,
         static_dims: Annotated[Optional[str], typer.Option("--static-dims", help="Sizes for dims TF/TFLite must freeze, e.g. batch=1,sequence=128.")] = None,
+        tflite_route: Annotated[Optional[str], typer.Option("--tflite-route", help="TFLite converter: auto (onnx2tf, then litert-torch: the first that verifies), onnx2tf or litert.")] = None,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the parity check.")] = False,
         inputs: Annotated[Optional[str], typer.Option("--inputs", help="Verify on these inputs (.npz keyed by input name).")] = None,
         dim: DimOpt = None,
@@ -58,7 +59,9 @@ def register(app: typer.Typer) -> None:
 
         signer = start_provenance(sign)
         src, origin, out = registry_source(ctx, src, registry, register, out, lambda p: default_output(p, to))
-        require_signed(require_signature, src, weights)
+        src_in, weights_in = require_signed(require_signature, src, weights)  # the verified copies
+        if out is None and src_in != src:  # the default output goes beside the user's model
+            out = default_output(src, to)
         resolve_inputs(signer, {"model": src, "weights": weights, "inputs": inputs, "eval": eval_data})
 
         from modelport.verify.noise import enabled as noise_floor
@@ -69,11 +72,12 @@ def register(app: typer.Typer) -> None:
         with progress(not as_json, f"converting {src} -> {to}") as update, noise_floor(not no_noise_floor), \
                 trusting(trust), trusting_pickles(trust_pickle):
             report = api.convert(
-                src, to, out, src_format=src_format, weights=weights, input_specs=input, opset=opset,
-                dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims,
+                src_in, to, out, src_format=src_format, weights=weights_in, input_specs=input, opset=opset,
+                dynamic_batch=not static_batch, tflite_dtype=tflite_dtype, static_dims=static_dims, tflite_route=tflite_route,
                 verify=not no_verify, inputs=inputs, dims=dim, rtol=rtol, atol=atol, tol=tol, report_dir=report_dir,
                 eval_data=eval_data, metric=metric, max_drop=max_drop, progress=update, scrub=scrub,
             )
+        report = user_paths(report)
         record = finish_provenance(signer, "convert", report, ctx.params)
         record_output(ctx, "convert", report, origin, register, registry, as_json)
         if as_json:

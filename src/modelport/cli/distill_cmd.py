@@ -9,7 +9,7 @@ from rich.table import Table
 
 from modelport.cli.output import console, progress
 from modelport.cli.sign_cmd import (RequireSignatureOpt, SignOpt, emit_report, finish_provenance, print_provenance,
-                                    require_signed, resolve_inputs, start_provenance)
+                                    require_signed, resolve_inputs, start_provenance, user_paths)
 from modelport.cli.registry_lineage_cmd import RegisterOpt, RegistryOpt, record_output, registry_source
 
 
@@ -45,13 +45,14 @@ def register(app: typer.Typer) -> None:
             raise BadInputError("--torch-out and --onnx-only exclude each other")
         signer = start_provenance(sign)
         teacher, origin, _ = registry_source(ctx, teacher, registry, register)
-        require_signed(require_signature, teacher, student, weights)
+        teacher_in, student_in, weights_in = require_signed(require_signature, teacher, student, weights)
         resolve_inputs(signer, {"teacher": teacher, "student": student, "weights": weights, "data": data})
 
         with progress(not as_json, "distilling") as update:
-            report = run_distill(teacher, student, out, data=data, student_weights=weights,
+            report = run_distill(teacher_in, student_in, out, data=data, student_weights=weights_in,
                                  torch_out=False if onnx_only else torch_out, epochs=epochs,
                                  temperature=temperature, alpha=alpha, lr=lr, bench_runs=runs, threads=threads, progress=update)
+        report = user_paths(report)
         record = finish_provenance(signer, "distill", report, ctx.params)
         record_output(ctx, "distill", report, origin, register, registry, as_json)
         if as_json:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
-from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed, user_paths
 
 
 def _human_bytes(n: int | None) -> str:
@@ -35,11 +35,11 @@ def register(app: typer.Typer) -> None:
         """Show what a model is: format, IO signature, opset, op histogram, parameters, MACs, size."""
         import modelport as api
 
-        require_signed(require_signature, model, weights)
+        model_in, weights_in = require_signed(require_signature, model, weights)  # the verified copies
         from modelport.formats.sklearn_format import trusting_pickles
 
         with trusting_pickles(trust_pickle):
-            report = api.inspect(model, fmt=fmt, weights=weights, input_specs=input)
+            report = user_paths(api.inspect(model_in, fmt=fmt, weights=weights_in, input_specs=input))
         if as_json:
             emit_json(report)
             return

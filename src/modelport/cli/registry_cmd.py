@@ -124,7 +124,7 @@ def add(
     as_json: JsonOpt = False,
 ) -> None:
     """Store a model as the next version of NAME (tensors already stored are not stored again)."""
-    from modelport.cli.sign_cmd import require_signed
+    from modelport.cli.sign_cmd import require_signed, user_paths
     from modelport.registry.refs import check_alias, check_name, parse_ref, parse_tag
     from modelport.registry.store import storable_format
 
@@ -135,15 +135,20 @@ def add(
         check_alias(alias)
     for p in parent or ():
         parse_ref(p)
-    require_signed(require_signature, path)  # before anything parses the model (format detection included)
+    (path_in,) = require_signed(require_signature, path)  # before anything parses the model (format detection included)
+    if provenance is None and path_in != path:  # the verified copy has no PATH.intoto.jsonl beside it: the user's
+        from modelport.security.provenance import bundle_path
+
+        provenance = str(bundle_path(path)) if bundle_path(path).is_file() else None
     if provenance is not None and not Path(provenance).is_file():
         from modelport.errors import BadInputError
 
         raise BadInputError("no such provenance file", path=provenance)
-    fmt = storable_format(path, fmt)
+    fmt = storable_format(path_in, fmt)
     with _open(registry, create=True) as reg:
-        version = reg.add(path, name, alias=alias, tags=tags, parents=parent or (), fmt=fmt, reason=reason,
+        version = reg.add(path_in, name, alias=alias, tags=tags, parents=parent or (), fmt=fmt, reason=reason,
                           provenance=provenance if provenance is not None else True)
+    version = user_paths(version)
     if as_json:
         emit_report(version.to_dict())
         return

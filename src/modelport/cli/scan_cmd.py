@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
-from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed, user_paths
 
 
 def register(app: typer.Typer) -> None:
@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
         allow-list (what torch's weights_only loader permits), 4 naming each offending global and where."""
         from modelport.security.pickles import scan_path
 
-        require_signed(require_signature, path)  # before the scanner reads a byte of it
-        report = scan_path(path)
+        (path_in,) = require_signed(require_signature, path)  # before the scanner reads a byte of it
+        report = user_paths(scan_path(path_in))
         if as_json:
             emit_json(report.to_dict())
         else:

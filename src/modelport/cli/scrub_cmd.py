@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from modelport.cli.output import console, emit_json
-from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed, user_paths
 
 
 def scrub_table(report) -> Table:
@@ -39,8 +40,10 @@ def register(app: typer.Typer) -> None:
         """Remove paths, user and host names, stack traces and source locations from an ONNX model's metadata."""
         from modelport.security.scrub import scrub as run_scrub
 
-        require_signed(require_signature, model)
-        report = run_scrub(model, out)
+        (model_in,) = require_signed(require_signature, model)  # the verified copy
+        if out is None and model_in != model:  # the default output goes beside the user's model
+            out = str(Path(model).with_name(Path(model).stem + ".scrubbed.onnx"))
+        report = user_paths(run_scrub(model_in, out))
         if as_json:
             emit_json(report)
             return

@@ -21,12 +21,47 @@ RequireSignatureOpt = Annotated[Optional[str], typer.Option(
 _NOT_OPTIONS = {"sign", "require_signature", "as_json", "registry"}  # keys, flags, URLs that may hold credentials
 
 
-def require_signed(public_key: str | None, *models: str | list[str] | None) -> None:
-    """The --require-signature gate: every model argument verified before the command opens it."""
-    from modelport.security.gate import require_signature
+_SNAPSHOTS = "modelport.verified_snapshots"
 
-    flat = [m for given in models for m in (given if isinstance(given, list) else [given])]
-    require_signature(flat, public_key or None)
+
+def _current_context():
+    """The running command's context (typer vendors click as ``typer._click``), or None."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - another typer: the snapshot is then removed at exit
+        return None
+    return get_current_context(silent=True)
+
+
+def require_signed(public_key: str | None, *models: str | list[str] | None) -> tuple[Any, ...]:
+    """The --require-signature gate: every model argument verified before the command opens it.
+
+    Returns the arguments the command must open instead, in the order given (lists stay lists): with a
+    key, each points at a private copy of the verified bytes (removed when the command ends), so a file
+    swapped after the check never reaches a parser; without one, the arguments as given. Pass the
+    command's report through ``user_paths`` so that it names the user's files, not the copies.
+    """
+    from modelport.security.gate import verified_snapshot
+
+    snapshot = verified_snapshot(models, public_key or None)
+    ctx = _current_context()
+    if snapshot.root is not None:
+        if ctx is None:  # pragma: no cover - no command context to tie it to: removed when the process exits
+            import atexit
+
+            atexit.register(snapshot.close)
+        else:
+            ctx.with_resource(snapshot)  # removed, and its errors renamed, when the command ends
+            ctx.meta.setdefault(_SNAPSHOTS, []).append(snapshot)
+    return tuple(snapshot.args)
+
+
+def user_paths(report: Any) -> Any:
+    """``report`` naming the user's files where the command read verified copies of them (``require_signed``)."""
+    ctx = _current_context()
+    for snapshot in (ctx.meta.get(_SNAPSHOTS, ()) if ctx is not None else ()):
+        report = snapshot.restore(report)
+    return report
 
 
 def start_provenance(key: str | None):

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from modelport.artifact import to_jsonable
 from modelport.cli.output import console, emit_json, fmt_float, progress
-from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed
+from modelport.cli.sign_cmd import RequireSignatureOpt, require_signed, user_paths
 
 
 def parity_table(report) -> Table:
@@ -110,15 +110,16 @@ def register(app: typer.Typer) -> None:
 
         if arbiter not in (None, "reference"):
             raise BadInputError(f"--arbiter {arbiter!r}: the one arbiter is 'reference' (onnx.reference)")
-        require_signed(require_signature, a, b, weights, b_weights)
+        a_in, b_in, weights_in, b_weights_in = require_signed(require_signature, a, b, weights, b_weights)
 
         with progress(not as_json, f"verifying {b} against {a}"), noise_floor(not no_noise_floor), \
                 trusting_pickles(trust_pickle):
             report = api.verify(
-                a, b, a_format=a_format, b_format=b_format, weights=weights, b_weights=b_weights, input_specs=input,
-                inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device, tol=tol,
+                a_in, b_in, a_format=a_format, b_format=b_format, weights=weights_in, b_weights=b_weights_in,
+                input_specs=input, inputs=inputs, dims=dim, rtol=rtol, atol=atol, seed=seed, device=device, tol=tol,
                 keep_failure=failure_path(b, report_dir), report=html,
             )
+        report = user_paths(report)
         if report.failure_file:
             words = ["modelport", "verify", a, b, "--inputs", report.failure_file]
             for flag, value in (("--a-format", a_format), ("--b-format", b_format), ("--weights", weights),

@@ -366,8 +366,15 @@ def _onnx_model(buf, size: int) -> _OnnxScan:
 def _safe_relpath(rel: str, what: str, where: Path) -> str:
     p = PurePosixPath(rel.replace("\\", "/"))
     if not rel or p.is_absolute() or ".." in p.parts or re.match(r"[A-Za-z]:", rel):
-        raise BadInputError(f"{what} {rel!r} is not a path inside the model's directory", path=where)
+        raise BadInputError(f"{what} {_shown(rel, quote=True)} is not a path inside the model's directory", path=where)
     return str(p)
+
+
+def _shown(name: str, quote: bool = False) -> str:
+    """A name read from the file, for a one-line message: escaped (quoted) unless plain, at most 120 characters of it."""
+    if not quote and name.isprintable() and len(name) <= 120:
+        return name
+    return repr(name[:120]) + ("…" if len(name) > 120 else "")
 
 
 def _scan_onnx(path: Path) -> tuple[FilePlan, dict[str, list[Span]]]:
@@ -382,7 +389,7 @@ def _scan_onnx(path: Path) -> tuple[FilePlan, dict[str, list[Span]]]:
         rel = _safe_relpath(location, "external data location", path)
         data = path.parent / rel
         if not data.is_file():
-            raise BadInputError(f"missing external data file ({rel})", path=path)
+            raise BadInputError(f"missing external data file ({_shown(rel)})", path=path)
         if length is None:
             length = data.stat().st_size - offset
         external.setdefault(rel, []).append(Span(offset, length, key, dtype, shape))
