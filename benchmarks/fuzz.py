@@ -66,6 +66,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 HANG_SECONDS = 10  # of CPU time on one input
 WALL_HANG_SECONDS = 60  # of wall time with no answer (a worker blocked, or starved beyond reason)
+# A worker is replaced by a fresh fork after this many inputs (the loaders named): what a framework keeps
+# from one load to the next (Keras' name counters, TensorFlow's caches) does not pile up over thousands.
+RECYCLE_AFTER = {"keras": 500}
 
 
 # =========================================================================== mutators
@@ -801,6 +804,35 @@ def _run_tensors_onnx(path: Path, seed: Seed) -> None:
     _decompose(path, "onnx")
 
 
+def _seed_weights(d: Path) -> list[Seed]:
+    """A generated torch directory's weights: one safetensors file, and shards with their index."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    g = np.random.default_rng(1)
+    (d / "w1").mkdir(parents=True, exist_ok=True)
+    save_file({"conv.weight": g.standard_normal((4, 3, 3, 3)).astype(np.float32),
+               "conv.bias": np.zeros(4, np.float16), "steps": np.arange(3, dtype=np.int64),
+               "empty": np.zeros((0, 4), np.float32)}, str(d / "w1" / "weights.safetensors"))
+    (d / "w2").mkdir(parents=True, exist_ok=True)
+    shards = {"weights-00001-of-00002.safetensors": {"a.weight": g.standard_normal((6, 4)).astype(np.float32)},
+              "weights-00002-of-00002.safetensors": {"b.weight": g.standard_normal((3,)).astype(np.float32)}}
+    for name, tensors in shards.items():
+        save_file(tensors, str(d / "w2" / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, t in shards.items() for k in t}}
+    (d / "w2" / "weights.safetensors.index.json").write_text(json.dumps(index))
+    return [Seed(str(d / "w1"), "weights.safetensors", "weights.safetensors", "safetensors"),
+            Seed(str(d / "w2"), "weights.safetensors.index.json", "weights.safetensors", "json"),
+            Seed(str(d / "w2"), "weights-00001-of-00002.safetensors", "weights.safetensors", "safetensors")]
+
+
+def _run_weights(path: Path, seed: Seed) -> None:
+    from modelport.formats import safetensors_io
+
+    for t in safetensors_io.load(path).values():
+        t.sum()  # touch every mapped byte
+
+
 def _run_npz(path: Path, seed: Seed) -> None:
     from modelport.inputs import load_npz
 
@@ -852,6 +884,8 @@ LOADERS: dict[str, Loader] = {l.name: l for l in (
     Loader("tensors-safetensors", _seed_safetensors, _run_tensors_safetensors, ("numpy",),
            "registry.tensors.decompose(safetensors)"),
     Loader("tensors-onnx", _seed_onnx, _run_tensors_onnx, ("numpy",), "registry.tensors.decompose(onnx)"),
+    Loader("weights-safetensors", _seed_weights, _run_weights, ("torch",),
+           "formats.safetensors_io.load (memory-mapped, single file and shards + index)"),
     Loader("npz-inputs", _seed_npz, _run_npz, ("numpy",), "inputs.load_npz"),
     Loader("caffe", _seed_caffe, _run_caffe, ("google.protobuf",), "caffe_format.load + network"),
     Loader("signing", _seed_signing, _run_signing, ("cryptography", "model_signing"), "signing.verify (mutated .sig)"),
@@ -970,6 +1004,7 @@ class Stats:
     crashes: int = 0
     hangs: int = 0
     peak_rss_kb: int = 0
+    peak_input: int = -1  # the input during which a worker's RSS reached peak_rss_kb
     base_rss_kb: int = 0
     seconds: float = 0.0
     startup: float = 0.0  # importing the frameworks and the workers' first loads of the seeds
@@ -978,10 +1013,10 @@ class Stats:
     findings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def inputs_for(loader: Loader, seeds: list[Seed], n: int, seed: int):
-    """Input i: (seed index, mutated bytes), deterministic in (seed, loader, i)."""
+def inputs_for(loader: Loader, seeds: list[Seed], n: int, seed: int, start: int = 0):
+    """Input i (start <= i < n): (seed index, mutated bytes), deterministic in (seed, loader, i)."""
     originals = [(Path(s.template) / s.target).read_bytes() for s in seeds]
-    for i in range(n):
+    for i in range(start, n):
         r = random.Random(f"{seed}:{loader.name}:{i}")
         k = i % len(seeds)
         yield k, mutate(seeds[k], originals[k], r, originals)
@@ -1005,7 +1040,7 @@ def _save_finding(out: Path | None, loader: Loader, seeds: list[Seed], idx: int,
 
 def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, jobs: int = 2, out: Path | None = None,
                 work: Path, progress: Callable[[str], None] | None = None, until: float | None = None,
-                checkpoint: Callable[[Stats], None] | None = None) -> Stats:
+                checkpoint: Callable[[Stats], None] | None = None, start: int = 0) -> Stats:
     """Run ``n`` mutated inputs through ``loader`` in ``jobs`` workers forked from this process.
 
     Call it in a process that has run ``_warm(loader)`` (``fuzz_in_child`` does): a worker is then a fork of
@@ -1014,8 +1049,9 @@ def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, job
     ``time.time()``) stops handing out inputs; ``checkpoint`` gets the running stats every 30 s.
     """
     stats = Stats()
-    gen = inputs_for(loader, seeds, n, seed)
+    gen = inputs_for(loader, seeds, n, seed, start)
     workers: dict[Connection, tuple[int, Any]] = {}  # conn -> (pid, (idx, seed_i, data, started) | None)
+    done: dict[Connection, int] = {}  # conn -> inputs that worker has answered
     serial = [0]
 
     def spawn() -> None:
@@ -1056,7 +1092,7 @@ def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, job
                 if nxt is None:
                     exhausted = True
                 else:
-                    serial_idx = stats.inputs
+                    serial_idx = start + stats.inputs
                     stats.inputs += 1
                     conn.send((serial_idx, nxt[0], nxt[1]))
                     workers[conn] = (pid, (serial_idx, nxt[0], nxt[1], time.time(), _cpu_seconds(pid)))
@@ -1083,9 +1119,16 @@ def fuzz_loader(loader: Loader, seeds: list[Seed], n: int, *, seed: int = 0, job
                     _save_finding(out, loader, seeds, idx, seed_i, data, "crash", why, stats)
                     spawn()
                     continue
-                stats.peak_rss_kb = max(stats.peak_rss_kb, rss)
+                if rss > stats.peak_rss_kb:
+                    stats.peak_rss_kb, stats.peak_input = rss, idx
                 stats.slowest = max(stats.slowest, secs)
                 workers[conn] = (pid, None)
+                done[conn] = done.get(conn, 0) + 1
+                if done[conn] >= RECYCLE_AFTER.get(loader.name, 1 << 62):  # a fresh fork: no growth across inputs
+                    done.pop(conn)
+                    conn.send(None)
+                    reap(conn, False)
+                    spawn()
                 if outcome == "accepted":
                     stats.accepted += 1
                 elif outcome == "refused":
@@ -1193,6 +1236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-loader", type=int, default=10000, help="inputs per loader (default 10000)")
     ap.add_argument("--loaders", default=",".join(LOADERS), help=f"comma-separated, of {', '.join(LOADERS)}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="first input index (finish a run that --until stopped: "
+                                                          "inputs are deterministic in --seed, loader and index)")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--out", help="where crashes, hangs and the summary go (default: a temporary directory)")
     ap.add_argument("--until", help="HH:MM (local time): hand out no input after it; the table says where each "
@@ -1236,6 +1281,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds = build_seeds(loader, out / "seeds" / name)
             results[name] = fuzz_in_child(loader, seeds, args.per_loader, report=out / "running" / f"{name}.json",
                                           seed=args.seed, jobs=args.jobs, out=out, work=work / name, until=until,
+                                          start=args.start,
                                           progress=lambda m: print(m, file=sys.stderr, flush=True))
             s = results[name]
             print(f"{name}: {s.inputs} inputs in {s.seconds:.0f} s, {s.crashes} crashes, {s.hangs} hangs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -38,21 +39,109 @@ def keras_module():
 
 
 def load_keras(path: str):
-    from modelport.security.loaders import check_keras_file
+    """The Keras model at ``path``, loaded with ``safe_mode`` after two checks of the untrusted file.
+
+    Its HDF5 parts (an ``.h5`` model, a ``.keras`` archive's ``model.weights.h5``) are read in a
+    forked child and written anew (:func:`modelport.security.loaders.rebuilt_keras_file`): a corrupt
+    file that crashes or hangs libhdf5 kills the child and is refused (exit 2). The copy's config is
+    checked against keras' own classes (exit 4 for Lambda and custom objects), and Keras loads the
+    copy, in this process, so the model it returns is an ordinary one; variables beyond what the
+    file's weights could fill are refused before Keras allocates them (exit 2).
+    """
+    from modelport.security.loaders import rebuilt_keras_file
 
     keras = keras_module()
-    check_keras_file(path)  # the config against keras' own layer classes, before Keras reads it (exit 4)
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
-            from modelport.errors import UnsafeError
+    with rebuilt_keras_file(path) as clean:  # its config checked against keras' own classes too (exit 4)
+        weights = _weights_bytes(clean)
+        try:
+            with _variable_budget(VARIABLE_BYTES_FACTOR * weights + VARIABLE_BYTES_SLACK):
+                return keras.models.load_model(clean, compile=False, safe_mode=True)
+        except _TooLarge as exc:
+            raise BadInputError(f"cannot load Keras model (its config declares at least {exc.args[0]} bytes of "
+                                f"variables for {weights} bytes of weights in the file: refused before Keras "
+                                "allocates them)", path=path) from None
+        except ValueError as exc:
+            if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+                from modelport.errors import UnsafeError
 
-            raise UnsafeError("refusing to load a Keras Lambda layer (arbitrary code)", path=path) from None
-        raise BadInputError(f"cannot load Keras model ({str(exc).strip().splitlines()[0]})", path=path) from None
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"cannot load Keras model ({msg})", path=path) from None
+                raise UnsafeError("refusing to load a Keras Lambda layer (arbitrary code)", path=path) from None
+            raise BadInputError(f"cannot load Keras model ({_first_line(exc, clean, path)})", path=path) from None
+        except Exception as exc:
+            raise BadInputError(f"cannot load Keras model ({_first_line(exc, clean, path)})", path=path) from None
+
+
+# A Keras config sizes every variable (``units``, ``filters``, input shapes) and Keras allocates and
+# initializes them before it reads a single weight: a config that declares a Dense of 10^8 units
+# costs gigabytes before the weights are found not to fit (found by fuzzing: 2.6 GB peaks). The
+# variables a load creates may take this many times the bytes of weights the file holds, plus the slack.
+VARIABLE_BYTES_FACTOR = 4
+VARIABLE_BYTES_SLACK = 64 << 20
+
+
+class _TooLarge(BaseException):  # not an Exception: Keras' own `except Exception` must not swallow it
+    pass
+
+
+def _weights_bytes(clean: str) -> int:
+    """Bytes of weights in the (rebuilt) Keras file: the .h5 itself, or the weights of a .keras archive/directory."""
+    import zipfile
+
+    p = Path(clean)
+    names = ("model.weights.h5", "model.weights.npz")
+    if p.is_dir():
+        return sum((p / n).stat().st_size for n in names if (p / n).is_file())
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as zf:
+            return sum(i.file_size for i in zf.infolist() if i.filename in names)
+    return p.stat().st_size
+
+
+def _variable_nbytes(shape, dtype) -> int | None:
+    try:
+        n = 1
+        for d in shape:
+            n *= int(d)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    try:
+        size = np.dtype(str(getattr(dtype, "name", dtype) or "float32")).itemsize
+    except TypeError:
+        size = 4  # bfloat16 and other dtypes numpy does not know
+    return max(n, 0) * size
+
+
+@contextlib.contextmanager
+def _variable_budget(limit: int):
+    """Within the block, Keras variables created from an initializer (sized by their shape, allocated and
+    filled by Keras) may take ``limit`` bytes in all; the one past it raises :class:`_TooLarge` instead."""
+    from keras.src.backend.common import variables
+
+    cls = variables.Variable
+    original = cls.__init__
+    spent = [0]
+
+    def guarded(self, initializer, shape=None, dtype=None, *args, **kwargs):
+        if shape is not None and (callable(initializer) or isinstance(initializer, str)):
+            nbytes = _variable_nbytes(shape, dtype)
+            if nbytes is not None:
+                spent[0] += nbytes
+                if spent[0] > limit:
+                    raise _TooLarge(spent[0])
+        return original(self, initializer, shape, dtype, *args, **kwargs)
+
+    cls.__init__ = guarded
+    try:
+        yield spent
+    finally:
+        cls.__init__ = original
+
+
+def _first_line(exc: BaseException, clean: str, path: str) -> str:
+    """The first line of Keras' message, naming the user's file rather than the rebuilt copy."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0].replace(clean, str(path))[:500]
 
 
 def tf_dtype_name(dtype) -> str:

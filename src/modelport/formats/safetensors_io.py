@@ -11,6 +11,7 @@ memory until a weight is used.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -43,6 +44,8 @@ def is_sharded(weights: Path) -> bool:
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
+    from modelport.security.jsonsafe import loads  # bounded nesting: [[[[...]]]] is a refusal, not a crash
+
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -51,14 +54,18 @@ def _read_header(path: Path) -> tuple[dict, int]:
             (n,) = struct.unpack("<Q", head)
             if n > _HEADER_LIMIT:
                 raise BadInputError(f"safetensors header of {n} bytes (corrupt file)", path=path)
-            header = json.loads(f.read(n))
+            header = loads(f.read(n))
     except OSError as exc:
         raise BadInputError(f"unreadable weights ({exc.strerror or exc})", path=path) from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadInputError("corrupt safetensors header", path=path) from None
     if not isinstance(header, dict):
         raise BadInputError("corrupt safetensors header", path=path)
     return header, 8 + n
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def load_mapped(path: Path) -> dict:
@@ -72,17 +79,22 @@ def load_mapped(path: Path) -> dict:
         if name == "__metadata__":
             continue
         try:
-            code, shape, (a, b) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+            code, shape, (a, b) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
             storage, torch_name = _STORAGE[code]
         except (KeyError, TypeError, ValueError):
-            raise BadInputError(f"corrupt safetensors entry {name!r}", path=path) from None
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            raise BadInputError(f"corrupt safetensors entry {name[:120]!r}", path=path) from None
+        if not all(_is_count(v) for v in (a, b, *shape)):
+            raise BadInputError(f"corrupt safetensors entry {name[:120]!r} (offsets and dims must be integers >= 0)", path=path)
+        count = math.prod(shape)  # Python ints: no overflow
         if not (0 <= a <= b and start + b <= size and b - a == count * np.dtype(storage).itemsize):
-            raise BadInputError(f"safetensors entry {name!r} lies outside the file or has the wrong size", path=path)
-        if count == 0:
-            arr = np.zeros(shape, storage)
-        else:
-            arr = np.memmap(path, dtype=storage, mode="c", offset=start + a, shape=tuple(shape))
+            raise BadInputError(f"safetensors entry {name[:120]!r} lies outside the file or has the wrong size", path=path)
+        try:
+            if count == 0:
+                arr = np.zeros(shape, storage)
+            else:
+                arr = np.memmap(path, dtype=storage, mode="c", offset=start + a, shape=tuple(shape))
+        except (ValueError, OverflowError, MemoryError):  # e.g. a dim numpy cannot index, in an empty tensor
+            raise BadInputError(f"safetensors entry {name[:120]!r} has an impossible shape", path=path) from None
         t = torch.from_numpy(arr)
         want = getattr(torch, torch_name)
         if t.dtype != want:
@@ -95,15 +107,19 @@ def load(weights: Path) -> dict:
     """The state dict of ``weights`` (single file or sharded, memory-mapped)."""
     if not is_sharded(weights):
         return load_mapped(weights)
+    from modelport.security.jsonsafe import loads
+
     index = index_path(weights)
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError):
+        weight_map = loads(index.read_bytes())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise BadInputError("unreadable shard index", path=index) from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise BadInputError("corrupt shard index (weight_map must map names to shard files)", path=index)
     state: dict = {}
     for shard in sorted(set(weight_map.values())):
-        if Path(shard).name != shard:
-            raise BadInputError(f"shard index names a file outside its directory: {shard!r}", path=index)
+        if shard in ("", ".", "..") or not shard.isprintable() or Path(shard).name != shard:
+            raise BadInputError(f"shard index names a file outside its directory: {shard[:120]!r}", path=index)
         state.update(load_mapped(weights.with_name(shard)))
     missing = set(weight_map) - set(state)
     if missing:

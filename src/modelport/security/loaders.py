@@ -14,7 +14,11 @@
   class or function, and a lookup layer whose vocabulary is a file path are refused (exit 4),
   naming the layer. A custom class that the calling program itself registered
   (``keras.saving.register_keras_serializable``, same module) is its own code and is allowed;
-  from the command line nothing is registered.
+  from the command line nothing is registered. Then the file's HDF5 parts (an ``.h5`` model, a
+  ``.keras`` archive's ``model.weights.h5``) are opened only in a forked child that copies them into a
+  new HDF5 file (:func:`rebuilt_keras_file`): a corrupt file that crashes or hangs libhdf5 kills the
+  child (exit 2), external links, external storage and virtual datasets (other files read) are refused
+  (exit 4), and Keras loads the rebuilt copy.
 - **SavedModel**: the graph and every function of its library are scanned, from
   ``saved_model.pb`` alone, for ops that read or write files, reach the network or run Python
   (:data:`RISKY_OPS`); checkpoint ops (SaveV2/RestoreV2, ...) are normal unless their path is a
@@ -56,6 +60,7 @@ __all__ = [
     "keras_config",
     "check_keras_config",
     "check_keras_file",
+    "rebuilt_keras_file",
     "savedmodel_findings",
     "check_savedmodel",
     "trusted",
@@ -577,6 +582,78 @@ def _h5_read_attr(p: Path) -> bytes:
         return b"E" + type(exc).__name__.encode()
 
 
+def _child_result(work: Any, seconds: float, path: object) -> bytes:
+    """``work()`` (bytes) run in a forked child under a wall-clock deadline; its bytes, or a one-line error.
+
+    A child that is killed by a signal (a segfault in libhdf5 on a corrupt file) or that runs past the
+    deadline (libhdf5 spinning in C) is a corrupt file (exit 2), not a dead or hung modelport.
+    """
+    if not hasattr(os, "fork"):  # pragma: no cover - (not POSIX: run in this process)
+        return work()
+    import select
+    import signal
+    import time
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            import faulthandler
+
+            faulthandler.disable()  # a crash here is the answer, not a stack dump on the caller's stderr
+            os.close(r)
+            data = memoryview(work())
+            while data:
+                data = data[os.write(w, data):]
+        except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    killed = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                raise BadInputError(f"cannot load Keras model (the HDF5 reader did not finish in {seconds:.0f} s: "
+                                    "a corrupt file)", path=path)
+            ready, _, _ = select.select([r], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(r, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    if not killed and os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        raise BadInputError(f"cannot load Keras model (a corrupt HDF5 file: the reader crashed with {name})", path=path)
+    return b"".join(chunks)
+
+
+def _h5_answer(out: bytes, path: object) -> bytes | None:
+    """The child's answer: None (no model_config), the model_config's bytes, or the error it names."""
+    if out[:1] == b"N":
+        return None
+    if out[:1] == b"B":
+        return out[1:]
+    why = out[1:].decode("utf-8", "replace") if out[:1] in (b"E", b"U") else "the reader died"
+    why = why.replace("\r", " ").replace("\n", " ")[:300]
+    if out[:1] == b"U":
+        raise UnsafeError(f"refused: {why}", path=path)
+    raise BadInputError(f"cannot load Keras model (not a readable HDF5 file: {why})", path=path)
+
+
 def _h5_model_config(p: Path, path: object) -> bytes | None:
     """The ``model_config`` attribute of an HDF5 file, read in a forked child under a deadline.
 
@@ -584,49 +661,245 @@ def _h5_model_config(p: Path, path: object) -> bytes | None:
     ``attrs.get`` spin in C, where no signal handler runs), so the attribute is read in a child that
     is killed after ``H5_READ_SECONDS``: such a file is refused (exit 2) instead of hanging the command.
     """
-    if not hasattr(os, "fork"):  # pragma: no cover - (not POSIX: read in this process)
-        out = _h5_read_attr(p)
-    else:
-        import select
-        import signal
-        import time
+    return _h5_answer(_child_result(lambda: _h5_read_attr(p), H5_READ_SECONDS, path), path)
 
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                os.close(r)
-                data = memoryview(_h5_read_attr(p))
-                while data:
-                    data = data[os.write(w, data):]
-            finally:
-                os._exit(0)
-        os.close(w)
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + H5_READ_SECONDS
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    os.kill(pid, signal.SIGKILL)
-                    raise BadInputError(f"cannot load Keras model (the HDF5 reader did not finish in {H5_READ_SECONDS} s: "
-                                        "a corrupt file)", path=path)
-                ready, _, _ = select.select([r], [], [], min(left, 1.0))
-                if ready:
-                    chunk = os.read(r, 1 << 20)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-        finally:
-            os.close(r)
-            os.waitpid(pid, 0)
-        out = b"".join(chunks)
-    if out[:1] == b"N":
+
+# --------------------------------------------------------------------------- Keras: HDF5 rebuilt before Keras reads it
+
+KERAS_WEIGHTS_MEMBER = "model.weights.h5"
+_H5_MAX_DEPTH = 64
+_H5_MAX_OBJECTS = 200_000
+_H5_COPY_RATE = 20 << 20  # bytes per second the deadline allows for, on top of H5_READ_SECONDS
+_H5_EXPANSION = 1100  # gzip's best ratio is about 1000:1: data that claims more than this is no weight file
+
+
+class _H5Refusal(Exception):
+    """In the rebuilding child: the file is unsafe (``unsafe``) or not a weight file Keras could have written."""
+
+    def __init__(self, message: str, unsafe: bool = False) -> None:
+        super().__init__(message)
+        self.unsafe = unsafe
+
+
+def _h5_rebuild(src: Any, dst: str, budget: int) -> bytes | None:
+    """Copy every group, dataset, attribute and in-file link of the HDF5 file ``src`` (a path or a file
+    object) into a new file ``dst`` written by h5py; returns the root's ``model_config`` (None if absent).
+
+    Refused (:class:`_H5Refusal`, unsafe): external links, datasets with external storage and virtual
+    datasets (each reads another file). Refused as not a weight file: data types other than numbers,
+    booleans and strings, committed data types, nesting deeper than ``_H5_MAX_DEPTH``, more than
+    ``_H5_MAX_OBJECTS`` objects, and data that claims more than ``budget`` bytes in all.
+    """
+    import h5py
+    import numpy as np
+
+    left = [budget]
+    count = [0]
+
+    def spend(nbytes: int, what: str) -> None:
+        left[0] -= nbytes
+        if left[0] < 0:
+            raise _H5Refusal(f"{what} claims {nbytes} bytes, more than the file could hold")
+
+    def dtype_of(tid: Any, dtype: Any, what: str) -> Any:
+        """The numpy dtype to write a value of HDF5 type ``tid`` with: numbers, booleans and strings only."""
+        cls = tid.get_class()
+        if cls == h5py.h5t.STRING:
+            if tid.is_variable_str():
+                return h5py.string_dtype("utf-8" if tid.get_cset() == h5py.h5t.CSET_UTF8 else "ascii")
+            return dtype
+        if cls in (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM, h5py.h5t.BITFIELD) and dtype.kind in "biuf" \
+                and dtype.fields is None and dtype.subdtype is None:
+            return dtype
+        raise _H5Refusal(f"{what} has an unsupported data type ({dtype})")
+
+    def copy_attrs(src_obj: Any, dst_obj: Any, where: str) -> None:
+        for name in list(src_obj.attrs):
+            aid = src_obj.attrs.get_id(name)
+            what = f"attribute {name!r} of {where}"
+            dtype = dtype_of(aid.get_type(), aid.dtype, what)
+            spend(int(np.prod(aid.shape or ())) * max(aid.dtype.itemsize, 1), what)
+            dst_obj.attrs.create(name, src_obj.attrs[name], dtype=dtype)
+
+    def copy_dataset(d: Any, parent: Any, name: str, where: str) -> None:
+        if d.is_virtual:
+            raise _H5Refusal(f"dataset {where} is a virtual dataset (its data lives in other files)", unsafe=True)
+        if d.id.get_create_plist().get_external_count() > 0:
+            raise _H5Refusal(f"dataset {where} keeps its data in an external file", unsafe=True)
+        dtype = dtype_of(d.id.get_type(), d.dtype, f"dataset {where}")
+        if d.shape is None:
+            out = parent.create_dataset(name, data=h5py.Empty(dtype))
+        else:
+            spend(int(np.prod(d.shape)) * max(d.dtype.itemsize, 1), f"dataset {where}")
+            out = parent.create_dataset(name, data=d[()], dtype=dtype)
+        copy_attrs(d, out, f"dataset {where}")
+
+    copied: dict[tuple[int, int], str] = {}
+
+    def copy_group(g: Any, out: Any, where: str, depth: int) -> None:
+        if depth > _H5_MAX_DEPTH:
+            raise _H5Refusal(f"groups nested deeper than {_H5_MAX_DEPTH} at {where}")
+        for name in list(g):
+            count[0] += 1
+            if count[0] > _H5_MAX_OBJECTS:
+                raise _H5Refusal(f"more than {_H5_MAX_OBJECTS} objects")
+            here = f"{where.rstrip('/')}/{name}"
+            link = g.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise _H5Refusal(f"HDF5 external link {here!r} points into another file ({link.filename!r})",
+                                 unsafe=True)
+            if isinstance(link, h5py.SoftLink):
+                out[name] = h5py.SoftLink(link.path)
+                continue
+            obj = g[name]
+            info = h5py.h5o.get_info(obj.id)
+            key = (info.fileno, info.addr)
+            if key in copied:  # a second hard link to an object already copied
+                out[name] = out.file[copied[key]]
+                continue
+            copied[key] = here
+            if isinstance(obj, h5py.Group):
+                sub = out.create_group(name)
+                copy_attrs(obj, sub, f"group {here}")
+                copy_group(obj, sub, here, depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                copy_dataset(obj, out, name, here)
+            else:
+                raise _H5Refusal(f"{here} is a committed data type, which no Keras file has")
+
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        copy_attrs(f, g, "the root group")
+        copy_group(f, g, "/", 0)
+        raw = f.attrs.get("model_config") if "model_config" in f.attrs else None
+    if raw is None:
         return None
-    if out[:1] == b"B":
-        return out[1:]
-    why = out[1:].decode("ascii", "replace") if out[:1] == b"E" else "the reader died"
-    raise BadInputError(f"cannot load Keras model (not a readable HDF5 file: {why})", path=path)
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")
+    return raw if isinstance(raw, bytes) else bytes(raw)
+
+
+def _h5_rebuild_answer(src: Any, dst: str, budget: int) -> bytes:
+    """:func:`_h5_rebuild` for the child: b"N", b"B" + model_config, b"U"/b"E" + why."""
+    try:
+        raw = _h5_rebuild(src, dst, budget)
+    except _H5Refusal as exc:
+        return (b"U" if exc.unsafe else b"E") + str(exc).encode("utf-8", "replace")
+    except Exception as exc:  # noqa: BLE001 - any h5py failure is an unreadable file
+        return b"E" + type(exc).__name__.encode()
+    return b"N" if raw is None else b"B" + raw
+
+
+def _rebuild_deadline(size: int) -> float:
+    return H5_READ_SECONDS + size / _H5_COPY_RATE
+
+
+def _rebuild_h5_file(src: Path, dst: Path, path: object) -> bytes | None:
+    """Rebuild ``src`` into ``dst`` in a child; returns the model_config the child copied (None if none)."""
+    size = src.stat().st_size
+    out = _child_result(lambda: _h5_rebuild_answer(str(src), str(dst), _H5_EXPANSION * size + (64 << 20)),
+                        _rebuild_deadline(size), path)
+    return _h5_answer(out, path)  # raises what the child refused
+
+
+def _weights_member_answer(archive: Path, dst: str) -> bytes:
+    import io
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            info = zf.getinfo(KERAS_WEIGHTS_MEMBER)
+            if info.file_size > max(100 * info.compress_size, 1 << 32):
+                return (b"E" + f"{KERAS_WEIGHTS_MEMBER} claims {info.file_size} bytes from {info.compress_size}: "
+                        "a decompression bomb".encode())
+            data = zf.read(info)
+    except Exception as exc:  # noqa: BLE001 - a damaged archive
+        return b"E" + f"corrupt {KERAS_WEIGHTS_MEMBER} member ({type(exc).__name__})".encode()
+    return _h5_rebuild_answer(io.BytesIO(data), dst, _H5_EXPANSION * len(data) + (64 << 20))
+
+
+def _rebuild_keras_archive(src: Path, dst: Path, work: Path, path: object) -> None:
+    """A new ``.keras`` archive: the members of ``src`` as they are, its weights rebuilt in a child."""
+    import shutil
+
+    try:
+        with zipfile.ZipFile(src) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            clean = work / "weights.h5"
+            if KERAS_WEIGHTS_MEMBER in names:
+                size = src.stat().st_size
+                out = _child_result(lambda: _weights_member_answer(src, str(clean)), _rebuild_deadline(size), path)
+                _h5_answer(out, path)
+            with zipfile.ZipFile(dst, "w") as zout:
+                written: set[str] = set()
+                for info in infos:
+                    if info.filename in written:
+                        continue  # keras reads the last of two members of one name; ZipFile.open gives it too
+                    written.add(info.filename)
+                    if info.filename == KERAS_WEIGHTS_MEMBER:
+                        zout.write(clean, KERAS_WEIGHTS_MEMBER)
+                        continue
+                    if info.is_dir():
+                        zout.writestr(zipfile.ZipInfo(info.filename), b"")
+                        continue
+                    if info.filename == "config.json" and info.file_size > _CONFIG_LIMIT:
+                        raise BadInputError(f"config.json is {info.file_size} bytes: too large for a model config",
+                                            path=path)
+                    if info.file_size > max(100 * info.compress_size, 1 << 32):
+                        raise BadInputError(f"cannot load Keras model (member {info.filename[:200]!r} claims "
+                                            f"{info.file_size} bytes from {info.compress_size}: a decompression "
+                                            "bomb)", path=path)
+                    with zf.open(zf.getinfo(info.filename)) as fin, zout.open(info.filename, "w", force_zip64=True) as fo:
+                        shutil.copyfileobj(fin, fo, 1 << 20)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error, ValueError) as exc:
+        raise BadInputError(f"corrupt or truncated Keras archive ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})", path=path) from None
+
+
+@contextlib.contextmanager
+def rebuilt_keras_file(path: str | os.PathLike) -> Iterator[str]:
+    """A copy of the Keras file at ``path`` whose HDF5 parts were read in a child and written anew (a path in a
+    temporary directory, removed after the block): what Keras loads instead of the file itself.
+
+    An ``.h5`` model, or the ``model.weights.h5`` of a ``.keras`` archive, is opened only in a forked child
+    that copies every group, dataset and attribute into a new HDF5 file written by h5py; a crash of
+    libhdf5 on a corrupt file (found by fuzzing: a segfault reading an attribute) kills the child, not
+    modelport, and is refused (exit 2); external links, external storage and virtual datasets are refused
+    (exit 4). This process then parses only a file written by h5py from values read back whole. The
+    config of the copy (what Keras will read) is checked with :func:`check_keras_config` (exit 4). A
+    directory comes back as it is, checked; a file that is neither HDF5 nor zip as it is (Keras refuses it).
+    """
+    import shutil
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir():
+        check_keras_file(p)
+        yield str(p)
+        return
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    is_h5 = head == b"\x89HDF\r\n\x1a\n"
+    if not is_h5 and not zipfile.is_zipfile(p):
+        yield str(p)
+        return
+    work = Path(tempfile.mkdtemp(prefix="modelport-keras-"))
+    try:
+        # The config of the copy is checked too: it is the one Keras reads, whatever the file held when
+        # check_keras_file read it.
+        if is_h5:
+            dst = work / "model.h5"
+            raw = _rebuild_h5_file(p, dst, path)
+        else:
+            dst = work / "model.keras"
+            _rebuild_keras_archive(p, dst, work, path)
+            with zipfile.ZipFile(dst) as zf:
+                raw = zf.read("config.json") if "config.json" in zf.namelist() else None
+        if raw is not None:
+            check_keras_config(_read_json(raw, "config.json" if not is_h5 else "the HDF5 model_config", path),
+                               path=path)
+        yield str(dst)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def keras_config(path: str | os.PathLike) -> Any | None:
