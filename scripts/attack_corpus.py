@@ -1169,6 +1169,21 @@ _IMPORT_EVENTS = {"exec", "marshal.loads", "ctypes.dlopen"}
 _ANNOTATIONS = {("typing.py", "_evaluate"), ("inspect.py", "get_annotations")}
 
 
+# modelport forks to read untrusted HDF5 in isolation (security.loaders._child_result): that fork is the
+# defence, not a payload; what runs in the child is watched too (its events are spooled back to the parent).
+_ISOLATION_FORKS = {(os.path.join("modelport", "security", "loaders.py"), "_child_result")}
+
+
+def _isolation_fork() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if any(code.co_filename.endswith(f) and code.co_name == n for f, n in _ISOLATION_FORKS):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _importing() -> bool:
     frame = sys._getframe(2)
     while frame is not None:
@@ -1191,7 +1206,27 @@ class AuditWatch:
     _active: AuditWatch | None = None
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
+        self._events: list[tuple[str, str]] = []
+        self._pid = os.getpid()
+        fd, name = tempfile.mkstemp(prefix="attack-audit-", suffix=".jsonl")
+        os.close(fd)
+        self._spool = Path(name)  # events raised in forked children, appended there
+
+    @property
+    def events(self) -> list[tuple[str, str]]:
+        """The events seen so far, in this process and in any process forked from it while active."""
+        try:
+            spooled = [tuple(json.loads(line)) for line in self._spool.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError):
+            spooled = []
+        return self._events + [(f"{e} (in a forked child)", a) for e, a in spooled]
+
+    def _record(self, event: str, detail: str) -> None:
+        if os.getpid() == self._pid:
+            self._events.append((event, detail))
+        else:  # a child's memory dies with it: the event goes to the spool file
+            with open(self._spool, "a") as f:
+                f.write(json.dumps([event, detail]) + "\n")
 
     @classmethod
     def _hook(cls, event: str, args: tuple[Any, ...]) -> None:
@@ -1200,9 +1235,11 @@ class AuditWatch:
             return
         if event == "import":
             if args and str(args[0]).startswith("corpus_"):  # the pickled module's own file
-                watch.events.append((event, str(args[0])))
+                watch._record(event, str(args[0]))
+        elif event == "os.fork" and os.getpid() == watch._pid and _isolation_fork():
+            return
         elif event in WATCHED_EVENTS and not (event in _IMPORT_EVENTS and _importing()):
-            watch.events.append((event, repr(args)[:120]))
+            watch._record(event, repr(args)[:120])
 
     def __enter__(self) -> AuditWatch:
         if not AuditWatch._installed:
@@ -1213,6 +1250,9 @@ class AuditWatch:
 
     def __exit__(self, *exc: object) -> None:
         AuditWatch._active = None
+        self._events = self.events
+        self._spool.unlink(missing_ok=True)
+        self._spool = Path(os.devnull)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -285,3 +285,25 @@ def test_replacing_an_existing_output_is_atomic(corpus, out_dir):
     assert len(load_file(str(dest))) > 10 and _leftovers(out_dir) == ["m.safetensors"]
     with pytest.raises(UnsupportedError):
         p2s.convert_checkpoint(out / "plain-data/benign/floats.npy", dest)
+
+
+def test_the_audit_watch_sees_forked_children_but_not_modelports_isolation_fork(tmp_path):
+    """The evaluator's watch: a payload that forks (or runs code in a forked child) is counted, with the child's
+    own events spooled back; modelport's fork that reads untrusted HDF5 in isolation is the defence, not counted."""
+    import os
+
+    from modelport.security import loaders
+
+    with ac.AuditWatch() as watch:
+        assert loaders._child_result(lambda: b"ok", 30, tmp_path) == b"ok"
+    assert watch.events == []
+    with ac.AuditWatch() as watch:
+        pid = os.fork()
+        if pid == 0:  # the child: a payload's eval
+            try:
+                eval("1 + 1")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+    kinds = [e for e, _ in watch.events]
+    assert "os.fork" in kinds and "exec (in a forked child)" in kinds, kinds
