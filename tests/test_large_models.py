@@ -479,3 +479,77 @@ def test_tflite_above_two_gib_is_refused_before_converting(tmp_path, cli):
     assert res.exit_code == 3, res.stderr
     _one_line(res.stderr, "TFLite", str(n * n * 4), "2 GiB")
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+# --------------------------------------------------------------------------- ONNX outputs above the threshold
+
+MLP_PY = '''
+import torch
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = (torch.nn.Linear(96, 96) for _ in range(3))
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+'''
+
+
+def test_torch_export_above_threshold_places_its_external_data_beside_the_output(large, tmp_path, cli):
+    """torch.onnx names the data after the staged file; the output's data must be named for the output."""
+    import torch
+
+    (tmp_path / "mlp.py").write_text(MLP_PY)
+    out = tmp_path / "out" / "mlp.onnx"
+    res = cli("convert", f"{tmp_path / 'mlp.py'}:MLP", "--input", "x:4x96:float32", "--to", "onnx", "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlp.onnx", "mlp.onnx.data"]
+    from modelport.formats import onnx_data
+
+    bare = onnx.load(str(out), load_external_data=False)
+    assert onnx_data.data_files(bare) == ["mlp.onnx.data"] and onnx_data.weight_bytes(bare) > THRESHOLD
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlp_src", tmp_path / "mlp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = _x()
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        want = mod.MLP()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    res = cli("inspect", out, "--json")  # the next command reads it where it was placed
+    assert res.exit_code == 0, res.stderr
+
+
+def test_data_in_several_files_becomes_one_file_named_for_the_destination(tmp_path):
+    from modelport.formats import onnx_data
+
+    src = _mlp(tmp_path / "one" / "m.onnx")
+    model = onnx.load(str(src))
+    staged = tmp_path / "stage" / "model.onnx"
+    staged.parent.mkdir()
+    onnx.save(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    before = onnx_data.data_files(onnx.load(str(staged), load_external_data=False))
+    assert len(before) >= 3  # one file per tensor
+    assert onnx_data.name_data_for(staged, "final.onnx") == [staged.parent / "final.onnx.data"]
+    assert sorted(p.name for p in staged.parent.iterdir()) == ["final.onnx.data", "model.onnx"]
+    final = tmp_path / "placed" / "final.onnx"
+    final.parent.mkdir()
+    staged.replace(final)
+    (staged.parent / "final.onnx.data").replace(final.with_name("final.onnx.data"))
+    x = _x()
+    np.testing.assert_array_equal(_run(final, x), _run(src, x))
+    # one file under another name: renamed, the model repointed
+    again = tmp_path / "again" / "model.onnx"
+    again.parent.mkdir()
+    model = onnx.load(str(src))  # onnx.save above turned the tensors of ``model`` external
+    onnx.save(model, str(again), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    assert onnx_data.name_data_for(again, "x.onnx") == [again.parent / "x.onnx.data"]
+    assert onnx_data.data_files(onnx.load(str(again), load_external_data=False)) == ["x.onnx.data"]
+    np.testing.assert_array_equal(_run(again, x), _run(src, x))

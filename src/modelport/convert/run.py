@@ -282,6 +282,12 @@ def convert(
         with open_runner(result.artifact.path, to) as rb:
             sig = rb.signature
         staging.place(result.artifact.path, out_path)
+        if to == "onnx" and Path(result.artifact.path).resolve() != Path(src).resolve():
+            from modelport.formats import onnx_data
+
+            # external data an exporter named after the staged file: renamed for the destination, placed with it
+            for data in onnx_data.name_data_for(result.artifact.path, out_path.name):
+                staging.place(data, out_path.with_name(data.name))
         for suffix, dest in beside:  # placed with the main file, all or none
             staging.place(Path(result.artifact.path).with_suffix(suffix), dest)
     verdict = result.verdict

@@ -178,7 +178,10 @@ def _export_dynamo(model: Any, args, specs, out_path: str, opset: int, output_na
     onnx_program = torch.onnx.export(
         model, args, dynamo=True, opset_version=opset, verbose=False, external_data=False, **kwargs
     )
-    onnx_program.save(out_path)
+    from modelport.formats import onnx_data
+
+    size = sum(v.const_value.nbytes for v in onnx_program.model.graph.initializers.values() if v.const_value is not None)
+    onnx_program.save(out_path, external_data=size > onnx_data.threshold())  # the threshold every ONNX writer uses
 
 
 def _export_torchscript(model: Any, args, specs, out_path: str, opset: int, output_names) -> None:

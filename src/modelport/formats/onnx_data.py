@@ -259,6 +259,49 @@ def save(model: onnx.ModelProto, dst: str | os.PathLike, *, base_dir: str | os.P
     return True
 
 
+def data_files(model: onnx.ModelProto) -> list[str]:
+    """The external data locations ``model``'s tensors name, in order of first use."""
+    return list(dict.fromkeys(_info(t).get("location", "") for t in initializers(model) if is_external(t)))
+
+
+def name_data_for(path: str | os.PathLike, dest_name: str) -> list[Path]:
+    """Make the staged model ``path`` keep its external data in one file named for its destination.
+
+    An exporter names the data after the file it wrote (torch.onnx's ``model.onnx.data`` for a staged
+    ``model.onnx``, or one file per tensor): placed under another name, the model would point at files that
+    are not there. The data becomes ``DEST_NAME.data`` beside ``path`` (as :func:`save` names it): one file is
+    renamed, several are copied into one in chunks. Returns the data file to place beside the destination
+    (none for a model without external data)."""
+    import uuid
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    locations = data_files(model)
+    if not locations:
+        return []
+    want = path.parent / f"{dest_name}.data"
+    if locations == [want.name]:
+        return [want]
+    if len(locations) == 1:
+        os.replace(path.parent / locations[0], want)
+        for t in initializers(model):
+            if is_external(t):
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = want.name
+        onnx.save(model, str(path))
+        return [want]
+    side = path.parent / f".relocate-{uuid.uuid4().hex[:8]}"
+    side.mkdir()
+    save(model, side / dest_name, base_dir=path.parent, external=True)
+    os.replace(side / dest_name, path)
+    os.replace(side / want.name, want)
+    side.rmdir()
+    for loc in locations:
+        (path.parent / loc).unlink(missing_ok=True)
+    return [want]
+
+
 def _embedded(t: onnx.TensorProto, arr: np.ndarray) -> onnx.TensorProto:
     out = numpy_helper.from_array(np.ascontiguousarray(arr).astype(_np_dtype(t), copy=False), t.name)
     out.data_type = t.data_type
