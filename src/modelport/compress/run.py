@@ -209,8 +209,20 @@ class _Work:
             big.quantize_int4(src, dst, exclude=exclude)
         elif mode == "fp16":
             big.convert_fp16(src, dst, keep_io_float32=self.plan.keep_io_float32, exclude=exclude)
+        elif mode == "static":  # calibrated once (the float model's ranges), unless pruning changes it per trial
+            ranges = None if self.plan.prune else getattr(self, "static_ranges", None)
+            if ranges is None:
+                scratch = self.work / f"trial{self.count}.calibration"
+                scratch.mkdir()
+                ranges = big.calibrate(src, self.plan.calibration, scratch, method=self.plan.calibrate_method)
+                shutil.rmtree(scratch)
+                if not self.plan.prune:
+                    self.static_ranges = ranges
+            _n, note = big.quantize_static(src, dst, ranges, per_channel=self.plan.per_channel, exclude=exclude)
+            if note and note not in self.notes:
+                self.notes.append(note)
         before = _load_proto(src)
-        if mode in ("dynamic", "int4") and not exclude:  # the first (full) trial: something must be quantized
+        if mode in ("dynamic", "static", "int4") and not exclude:  # the first (full) trial: something must be quantized
             quant.check_quantized(before, _load_proto(dst) if dst.is_file() else before, mode, self.original)
         if not dst.is_file():  # accuracy control left every quantizable layer in float: the model as it was
             from modelport.formats import onnx_data
@@ -408,12 +420,10 @@ def _context(model, out, quantize, calibration, calibrate_method, per_channel, k
     from modelport.formats import onnx_data
 
     large = onnx_data.is_large(src)
-    if large and (structured or quantize == "static"):
-        what = "structured pruning" if structured else f"--quantize {quantize}"
-        why = ("it re-exports the model through PyTorch and torch.onnx" if structured else
-               "onnxruntime's calibration and QDQ quantizer hold the model in one protobuf, limited to 2 GiB")
-        raise UnsupportedError(f"{what} of a model whose weights exceed {onnx_data.threshold()} bytes is not supported "
-                               f"({why}); --quantize dynamic, int4 or fp16 and unstructured --prune are", path=src)
+    if large and structured:
+        raise UnsupportedError(f"structured pruning of a model whose weights exceed {onnx_data.threshold()} bytes is not "
+                               "supported (it re-exports the model through PyTorch and torch.onnx); --quantize dynamic, "
+                               "static, int4 or fp16 and unstructured --prune are", path=src)
     source = load_model(src, load_external_data=not large)  # a large model's weights stay in their files
     specs = graph_signature(source).inputs
     plan = _Plan(quantize, calibrate_method, per_channel, keep_io_float32, float(prune) if prune else None,
@@ -530,7 +540,7 @@ def _prepare(start: Path, ctx: _Context, work: Path):
         from modelport.formats import onnx_data
 
         notes.append(f"weights above {onnx_data.threshold()} bytes: " + (
-            "onnxruntime's quantization pre-processing skipped; " if ctx.plan.quantize == "dynamic" else "")
+            "onnxruntime's quantization pre-processing skipped; " if ctx.plan.quantize in ("dynamic", "static") else "")
             + "weights compressed a block at a time from their memory-mapped external data")
         prepared = ctx.source
         if quant.name_nodes(prepared):

@@ -143,8 +143,9 @@ def parity_verifier(fmt: str, options: ConvertOptions, inputs, dims, rtol, atol,
         r, a = (rtol, atol) if rtol is not None or atol is not None or tolerance is None else tolerance
         from modelport.formats import onnx_data
 
-        if eval_data is None and fmt == "onnx" and onnx_data.is_large(source.path):
-            # weights above the external-data threshold: the two sides run one after the other
+        if eval_data is None and ((fmt == "onnx" and onnx_data.is_large(source.path))
+                                  or (result.format == "onnx" and onnx_data.is_large(result.path))):
+            # weights above the external-data threshold (either side): the two sides run one after the other
             from modelport.verify import compare_in_turn
 
             src_options = LoadOptions(weights=options.weights, inputs=options.inputs)
