@@ -4,10 +4,17 @@ A directory holding ``model.xml`` and ``model.bin`` (what ``convert --to openvin
 unless ``-o`` names an ``.xml``) is an IR too. The CPU plugin's default inference precision
 on CPUs with bf16 support is bf16; the runner asks for f32 so that verification compares
 like with like.
+
+OpenVINO memory-maps the ``.bin``, and the CPU plugin keeps its own repacked copy of the weights
+(``compile_model`` reads every constant, the first inference repacks the MatMul weights): the mapped
+pages it read would stay resident beside that copy, twice the weight bytes in all. Above the
+external-data threshold (``modelport.formats.onnx_data.threshold``) they are dropped while the plugin
+reads them (``modelport.formats.page_release``); ``released_bytes`` says how many left the resident set.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +52,26 @@ def _spec(port, index: int) -> TensorSpec:
     return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()).name, shape)
 
 
+def _releaser(bin_path: Path):
+    """A page releaser for the IR's .bin when its weights are above the external-data threshold, else None.
+
+    Made after ``read_model``: it pins the mappings of the .bin that exist then (the ov.Model's)."""
+    from modelport.formats import onnx_data
+    from modelport.formats.page_release import PageReleaser
+
+    try:
+        if bin_path.stat().st_size <= onnx_data.threshold():
+            return None
+    except OSError:
+        return None
+    releaser = PageReleaser([bin_path])
+    return releaser if releaser.supported and releaser.pinned else None
+
+
+def _active(releaser):
+    return releaser.active() if releaser is not None else contextlib.nullcontext()
+
+
 class OpenVINORunner(BaseRunner):
     format = NAME
 
@@ -57,10 +84,14 @@ class OpenVINORunner(BaseRunner):
         config = {"INFERENCE_PRECISION_HINT": "f32"}
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        self._releaser = None
         try:
             core = ov.Core()
+            # self.model stays referenced while the runner lives: it holds the .bin's mapping that the releaser sweeps
             self.model = core.read_model(str(xml))
-            self.compiled = core.compile_model(self.model, "CPU", config)
+            self._releaser = _releaser(xml.with_suffix(".bin"))
+            with _active(self._releaser):
+                self.compiled = core.compile_model(self.model, "CPU", config)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BadInputError(f"cannot load OpenVINO IR ({msg[:200]})", path=path) from None
@@ -73,11 +104,18 @@ class OpenVINORunner(BaseRunner):
     def signature(self) -> Signature:
         return self._signature
 
+    @property
+    def released_bytes(self) -> int:
+        """Bytes of the mapped .bin dropped from the resident set so far (0 below the threshold; a page refaulted
+        and dropped again counts again)."""
+        return self._releaser.released if self._releaser is not None else 0
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # np.require, not np.ascontiguousarray: that makes a 0-d input (silero's sr) 1-d, which a port of shape [] refuses
         arrays = [np.require(feeds[s.name], requirements="C") for s in self._signature.inputs]
         try:
-            results = self._request.infer(arrays, share_inputs=False)
+            with _active(self._releaser):  # the first inference repacks the weights, reading the mapped .bin
+                results = self._request.infer(arrays, share_inputs=False)
         except RuntimeError as exc:
             shapes = ", ".join(f"{s.name}={tuple(a.shape)}" for s, a in zip(self._signature.inputs, arrays))
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
