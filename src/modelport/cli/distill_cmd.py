@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         teacher: Annotated[str, typer.Option("--teacher", help="Teacher model, any supported format.")],
         student: Annotated[str, typer.Option("--student", help="Student: file.py:Name, a modelport torch directory, or ONNX (e.g. a structurally pruned teacher).")],
         out: Annotated[str, typer.Option("-o", "--out", help="Where to write the student (ONNX).")],
-        data: Annotated[str, typer.Option("--data", help="Training data (.npz): the teacher's inputs, plus optional integer `labels`.")],
+        data: Annotated[str, typer.Option("--data", help="Training data (.npz or .mindrecord): the teacher's inputs, plus optional integer `labels`.")],
         torch_out: Annotated[Optional[str], typer.Option("--torch-out", help="Where to write the student as a modelport torch directory (default: OUT's stem + _torch beside it).")] = None,
         onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Write the ONNX file only, no torch directory.")] = False,
         weights: Annotated[Optional[str], typer.Option("--weights", help="Initial weights for a student module file.")] = None,

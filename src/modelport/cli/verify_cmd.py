@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for A when it is a module file.")] = None,
         b_weights: Annotated[Optional[str], typer.Option("--b-weights", help="Weights for B when it is a module file.")] = None,
         input: Annotated[Optional[list[str]], typer.Option("--input", help="Input spec name:1x3x224x224:float32 (repeatable).")] = None,
-        inputs: Annotated[Optional[str], typer.Option("--inputs", help=".npz of inputs keyed by input name.")] = None,
+        inputs: Annotated[Optional[str], typer.Option("--inputs", help="Inputs (.npz or .mindrecord), keyed by input name.")] = None,
         dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a symbolic dim, name=value.")] = None,
         rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol")] = None,

@@ -738,17 +738,12 @@ def quantize_subgraph_weights(model, *, per_channel: bool = True, exclude: Itera
     graphs, found = _subgraph_weights(model, exclude)
     if not found:
         return SubgraphWeights((), (), 0, 0, per_channel, "no float32 weights inside If/Loop/Scan bodies")
+    from modelport.formats.onnx_names import NameAllocator
+
     taken = {t.name for g in graphs for t in g.graph.initializer}
     taken.update(o for g in graphs for n in g.graph.node for o in n.output)
     taken.update(v.name for g in graphs for v in (*g.graph.input, *g.graph.output))
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
+    fresh = NameAllocator(taken).fresh
 
     # One reading graph: q/s/zp become initializers of that graph, the DequantizeLinear sits before its first reader
     # (onnxruntime fuses DequantizeLinear -> MatMul and looks the weight up in the DequantizeLinear's own graph).

@@ -39,6 +39,7 @@ from modelport.artifact import TensorSpec
 from modelport.convert.registry import ConvertOptions, ConverterResult, register
 from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats import caffe_format
+from modelport.formats.onnx_names import NameAllocator
 
 __all__ = ["LOWERED", "LoweredGraph", "caffe_to_onnx", "lower"]
 
@@ -72,12 +73,17 @@ class _Builder:
         self.shapes: dict[str, Shape] = {}
         self.current: dict[str, str] = {}
         self._names = names  # id(layer) -> ONNX name of each of its tops
-        self._count = 0
+        # the names the net gives (its inputs, every top) are taken before any layer is lowered
+        self._values = NameAllocator([n for n, _ in net.inputs] + [t for tops in names.values() for t in tops])
+        self._nodes = NameAllocator()
 
     # ---- tensors
     def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}__{self._count}"
+        """A value name no blob of the net and no earlier value has."""
+        return self._values.fresh(hint)
+
+    def node_name(self, hint: str) -> str:
+        return self._nodes.fresh(hint)
 
     def const(self, hint: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -94,7 +100,7 @@ class _Builder:
         from onnx import helper
 
         out = output or self.fresh(f"{layer.name}/{op}")
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.fresh(layer.name), **attrs))
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.node_name(layer.name), **attrs))
         return out
 
     # ---- blobs
@@ -444,7 +450,7 @@ def _slice(g: _Builder, layer, ins):
             raise BadInputError(f"layer {layer.name!r} (Slice): dim {n} does not split into {len(tops)} equal parts")
         sizes = [n // len(tops)] * len(tops)
     split = g.const(f"{layer.name}/split", np.asarray(sizes, dtype=np.int64))
-    g.nodes.append(helper.make_node("Split", [x, split], tops, name=g.fresh(layer.name), axis=axis))
+    g.nodes.append(helper.make_node("Split", [x, split], tops, name=g.node_name(layer.name), axis=axis))
     outs = []
     for t, size in zip(tops, sizes):
         s = list(shape)

@@ -46,6 +46,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common
 
+from modelport.formats.onnx_names import NameAllocator
+
 __all__ = ["LAYOUT_OPS", "QdqPrep", "FoldWeightDequantizePass", "LayoutPastDequantizePass", "FakeQuantToClipPass",
            "QuantizeAsIntegerPass", "dequantize", "is_qdq", "prepare"]
 
@@ -104,19 +106,10 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: 
     return (shifted * spread(scale)).astype(scale.dtype if scale.dtype.kind == "f" else np.float32)
 
 
-class _Names:
-    """Fresh value names for a graph."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.taken = {v.name for n in graph for v in [*n.inputs, *n.outputs] if v is not None}
-        self.taken |= {v.name for v in graph.inputs} | set(graph.initializers)
-
-    def fresh(self, base: str) -> str:
-        name = base
-        while name in self.taken:
-            name += "_"
-        self.taken.add(name)
-        return name
+def _names(graph: ir.Graph) -> NameAllocator:
+    """Fresh value names for a graph: every name its nodes, inputs and initializers use is taken."""
+    taken = {v.name for n in graph for v in [*n.inputs, *n.outputs] if v is not None and v.name}
+    return NameAllocator(taken | {v.name for v in graph.inputs if v.name} | set(graph.initializers))
 
 
 def _only_readers(value: ir.Value) -> list[ir.Node] | None:
@@ -151,7 +144,7 @@ def _take_place(graph: ir.Graph, readers: list[ir.Node], result: ir.Value, gone:
     result.name = name
 
 
-def _scalar(graph: ir.Graph, names: _Names, base: str, value: np.ndarray) -> ir.Value:
+def _scalar(graph: ir.Graph, names: NameAllocator, base: str, value: np.ndarray) -> ir.Value:
     """A new scalar initializer."""
     v = ir.Value(name=names.fresh(base), shape=ir.Shape([]), type=ir.TensorType(ir.DataType.from_numpy(value.dtype)),
                  const_value=ir.tensor(value))
@@ -199,7 +192,7 @@ class LayoutPastDequantizePass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        names = _Names(graph)
+        names = _names(graph)
         changed = True
         while changed:
             changed = False
@@ -223,7 +216,7 @@ class LayoutPastDequantizePass(ir.passes.InPlacePass):
         return readers if len(params) == 1 and None not in params else None
 
     @staticmethod
-    def _move(graph: ir.Graph, layout: ir.Node, readers: list[ir.Node], names: _Names) -> None:
+    def _move(graph: ir.Graph, layout: ir.Node, readers: list[ir.Node], names: NameAllocator) -> None:
         first = readers[0]
         x = layout.inputs[0]
         floats = first.inputs[1].dtype or ir.DataType.FLOAT  # DequantizeLinear gives the scale's type
@@ -246,7 +239,7 @@ class FakeQuantToClipPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        names = _Names(graph)
+        names = _names(graph)
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         for node in list(graph):
             if not _is_op(node, "QuantizeLinear") or (params := _per_tensor(node)) is None:
@@ -285,7 +278,7 @@ class QuantizeAsIntegerPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        names = _Names(graph)
+        names = _names(graph)
         if model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) < 11:  # Round and Clip's inputs: opset 11
             return ir.passes.PassResult(model, False)
         for node in list(graph):

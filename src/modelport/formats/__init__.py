@@ -14,7 +14,7 @@ from modelport.errors import BadInputError, UnsupportedError
 from modelport.formats.base import BaseRunner, LoadOptions, Runner
 from modelport.quiet import native_output
 
-__all__ = ["FORMATS", "Runner", "BaseRunner", "LoadOptions", "detect", "module_for", "open_runner", "split_module_spec"]
+__all__ = ["FORMATS", "MODULE_SPEC_FORMATS", "Runner", "BaseRunner", "LoadOptions", "detect", "module_for", "open_runner", "split_module_spec"]
 
 # Detection order matters: the more specific content checks come first.
 FORMATS: dict[str, str] = {
@@ -33,8 +33,12 @@ FORMATS: dict[str, str] = {
     "mindspore": "modelport.formats.mindspore_format",  # a .mindir file (MindSpore's MindIR)
     "mindspore-cell": "modelport.formats.mindspore_cell",  # file.py:Name importing mindspore, with --weights .ckpt
     "openvino": "modelport.formats.openvino_format",
-    "sklearn": "modelport.formats.sklearn_format",  # .skops, .joblib/.pkl (--trust-pickle), XGBoost .ubj/.json, LightGBM .txt
+    "sklearn": "modelport.formats.sklearn_format",  # .skops, estimator .joblib/.pkl (--trust-pickle), XGBoost .ubj/.json, LightGBM .txt
 }
+
+# A model given as code, path/file.py:Name: the first of these whose detect claims the spec (from the imports of
+# the file); torch-module, which claims every spec, last.
+MODULE_SPEC_FORMATS: tuple[str, ...] = ("mindspore-cell", "paddle-layer", "torch-module")
 
 
 def module_for(fmt: str) -> ModuleType:
@@ -58,9 +62,7 @@ def detect(path: str | Path, fmt: str | None = None) -> str:
         module_for(fmt)
         return fmt
     if split_module_spec(str(path)):
-        if module_for("mindspore-cell").detect(Path(path)):
-            return "mindspore-cell"
-        return "paddle-layer" if module_for("paddle-layer").detect(Path(path)) else "torch-module"
+        return next((name for name in MODULE_SPEC_FORMATS if module_for(name).detect(Path(path))), "torch-module")
     p = Path(path)
     if not p.exists():
         raise BadInputError("no such file or directory", path=path)
@@ -88,16 +90,14 @@ def open_runner(path: str | Path, fmt: str | None = None, options: LoadOptions |
 
 
 def refuse_pickles(p: Path) -> None:
-    """A bare pickle, or a torch.save archive that is no state_dict, is refused unread (exit 4)."""
+    """A pickle no format claimed is refused unread: exit 4 when loading it would import something off the
+    allow-list of ``security.pickles`` (its static scan names what), else exit 2 saying what it is (plain data,
+    a torch checkpoint, a state_dict), not a model. A torch.save archive that is no state_dict is exit 4."""
     from modelport.errors import UnsafeError
     from modelport.formats.base import read_head, zip_names
 
     if not p.is_file():
         return
-    if read_head(p, 1) == b"\x80":
-        raise UnsafeError("refusing to unpickle a plain pickle file (it could run arbitrary code); "
-                          "`modelport scan FILE` lists what it would import, `modelport convert FILE "
-                          "--to safetensors` rebuilds a torch checkpoint's tensors without running it", path=p)
     names = zip_names(p)
     if names and any(n.endswith("data.pkl") for n in names):
         from modelport.formats.torch_module import load_state_dict
@@ -106,3 +106,31 @@ def refuse_pickles(p: Path) -> None:
         raise BadInputError(
             "this is a state_dict, not a model: give the module as path/file.py:Name with --weights", path=p
         )
+    if names is not None or (read_head(p, 1) != b"\x80" and p.suffix.lower() not in _PICKLE_SUFFIXES):
+        return
+    from modelport.formats.sklearn_format import pickle_scan
+    from modelport.security.pickles import checkpoint_container, scan_path
+
+    # nothing is imported or unpickled (the sklearn format's detect scanned a .pkl already); scan_path raises
+    # the exit 2 of a file that is no pickle at all
+    report = pickle_scan(p) or scan_path(p)
+    if report.findings:
+        found = list(dict.fromkeys(f.detail for f in report.findings))
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise UnsafeError(f"refusing to unpickle a pickle that is no model modelport reads (loading it would run "
+                          f"{shown}); --trust-pickle loads only scikit-learn, XGBoost and LightGBM models; "
+                          "`modelport scan FILE` lists what it would import", path=p)
+    if report.errors:
+        raise BadInputError(f"not a readable pickle: {report.summary()}", path=p)
+    if checkpoint_container(p) == "legacy":
+        raise BadInputError("this is a torch checkpoint (torch.save's legacy format), not a model: give the module "
+                            "as path/file.py:Name with --weights, or rebuild its tensors with `modelport convert "
+                            "FILE --to safetensors`", path=p)
+    imported = report.imported()
+    raise BadInputError(f"a pickle of plain data (it imports {', '.join(imported[:4]) if imported else 'nothing'}), "
+                        "not a model, and not a scikit-learn-style model either (it names no scikit-learn, XGBoost "
+                        "or LightGBM class)", path=p)
+
+
+# What a pickled model's file is called (a pickle with another name is still caught by its first byte).
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")

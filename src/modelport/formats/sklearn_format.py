@@ -7,9 +7,13 @@ Four kinds of file hold one:
   default (``skops.io.get_untrusted_types``) must be on :func:`allowed_type` (classes of
   scikit-learn, XGBoost and LightGBM, and a few numpy/collections types), else the file is
   refused unread (exit 4, naming the type).
-- ``.joblib`` / ``.pkl`` / ``.pickle``: pickles, which run code when loaded. Refused (exit 4,
-  listing the globals a static scan finds it would import) unless the user trusts it:
-  ``--trust-pickle`` (:func:`trusting_pickles`) or ``MODELPORT_TRUST_PICKLE=1``.
+- ``.joblib`` / ``.pkl`` / ``.pickle``: pickles, which run code when loaded. Such a file is this
+  format only when the static scan of ``modelport.security.pickles`` (nothing imported, nothing
+  unpickled) finds it imports a class of scikit-learn, XGBoost or LightGBM: a torch state_dict, a
+  dict of arrays or any other pickle with one of those suffixes is left to ``formats.detect``,
+  which names what it is. Refused (exit 4, listing the globals the scan finds it would import)
+  unless the user trusts it: ``--trust-pickle`` (:func:`trusting_pickles`) or
+  ``MODELPORT_TRUST_PICKLE=1``.
 - XGBoost's own model files (``Booster.save_model``: UBJSON ``.ubj`` or ``.json``, a
   ``"learner"`` object) and LightGBM's text model (``tree`` / ``version=v4`` ...): data, not
   code; loaded without trust.
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,8 +42,11 @@ from modelport.errors import BadInputError, UnsafeError, UnsupportedError
 from modelport.formats.base import BaseRunner, LoadOptions, read_head, require
 from modelport.quiet import native_output
 
-__all__ = ["NAME", "Loaded", "SklearnRunner", "allowed_type", "detect", "file_kind", "load", "open",
-           "pickle_trusted", "trusting_pickles"]
+if TYPE_CHECKING:
+    from modelport.security.pickles import ScanReport
+
+__all__ = ["NAME", "Loaded", "SklearnRunner", "allowed_type", "detect", "file_kind", "load", "names_estimator", "open",
+           "pickle_scan", "pickle_trusted", "trusting_pickles"]
 
 NAME = "sklearn"
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -85,13 +93,42 @@ def allowed_type(name: str) -> bool:
     return name.startswith(_ALLOWED_ROOTS) and bool(cls) and cls[0].isupper() and "__" not in name
 
 
+def pickle_scan(path: Path) -> ScanReport | None:
+    """The static scan (``security.pickles.scan_path``: nothing unpickled) of a pickle file, None where the
+    scanner cannot read it at all; kept for the last few files (by path, size, mtime), as detection and the
+    refusal both need it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _scan(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(path: str, size: int, mtime_ns: int, inode: int) -> ScanReport | None:
+    from modelport.security.pickles import scan_path
+
+    try:
+        return scan_path(path)
+    except BadInputError:  # empty, not a regular file, nothing in it to scan
+        return None
+
+
+def names_estimator(report: ScanReport) -> bool:
+    """Does a pickle's scan show it imports a scikit-learn, XGBoost or LightGBM class?"""
+    return any(name.startswith(_ALLOWED_ROOTS) for name in report.imported())
+
+
 def file_kind(path: Path) -> str | None:
-    """``skops``, ``pickle``, ``xgboost`` or ``lightgbm`` from the name and first bytes; None if none."""
+    """``skops``, ``pickle``, ``xgboost`` or ``lightgbm`` from the name and content; None if none.
+
+    A pickle is ``pickle`` only when it imports a class of scikit-learn, XGBoost or LightGBM (a static scan)."""
     if not path.is_file():
         return None
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        return "pickle"
+        report = pickle_scan(path)
+        return "pickle" if report is not None and names_estimator(report) else None
     head = read_head(path, 64)
     if suffix == ".skops" and head[:4] == b"PK\x03\x04":
         return "skops"
@@ -132,7 +169,7 @@ class Loaded:
 def _refuse_pickle(path: Path) -> None:
     from modelport.security.pickles import scan_path
 
-    report = scan_path(path)  # static: nothing imported; an unreadable file is exit 2 here
+    report = pickle_scan(path) or scan_path(path)  # static: nothing imported; an unreadable file is exit 2 here
     if report.errors and not report.pickles:
         raise BadInputError(f"not a pickle or joblib file: {report.errors[0]}", path=path)
     names = list(dict.fromkeys(f.detail for f in report.findings)) or report.imported()  # what would run first
@@ -243,6 +280,9 @@ def load(path: str | Path) -> Loaded:
     """Load a scikit-learn-style model file (trusted types only; pickles only when trusted)."""
     p = Path(path)
     kind = file_kind(p)
+    if kind is None and p.suffix.lower() in PICKLE_SUFFIXES and p.is_file():
+        raise BadInputError("not a scikit-learn-style model: the pickle imports no scikit-learn, XGBoost or "
+                            "LightGBM class", path=path)
     if kind is None:
         raise BadInputError("not a scikit-learn, XGBoost or LightGBM model file", path=path)
     loader = {"skops": _load_skops, "pickle": _load_pickle, "xgboost": _load_xgboost, "lightgbm": _load_lightgbm}[kind]
