@@ -229,3 +229,71 @@ def test_reduce_axes_computed_from_constants_are_folded(tmp_path, cli):
     feeds = {"x": x, "flag": np.array(True)}
     for ref, got in zip(_ort(src, feeds), _ort(out, feeds)):
         np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+def test_shape_with_start_end_down_to_13(tmp_path, cli):
+    """Shape-15 start/end (torch.onnx's dynamo exporter writes them for ``h.shape[:-1]``; a Llama has dozens):
+    onnx has no adapter to 14; Shape + Slice is exact, checked at two batch and sequence sizes."""
+    import onnxruntime as ort
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(12, 12)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return h.reshape(*h.shape[:-1], 3, 4).transpose(1, 2).sum(-1)
+
+    src = tmp_path / "heads.onnx"
+    dims = {"x": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
+    torch.onnx.export(Heads(), (torch.randn(2, 5, 12),), dynamo=True, dynamic_shapes=dims, opset_version=18).save(str(src))
+    shapes = [n for n in onnx.load(str(src)).graph.node if n.op_type == "Shape"]
+    assert shapes and all({a.name for a in n.attribute} & {"start", "end"} for n in shapes)
+    out = tmp_path / "heads13.onnx"
+    res = cli("adapt", src, "--opset", "13", "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert "Shape + Slice" in res.stdout
+    adapted = onnx.load(str(out))
+    assert adapted.opset_import[0].version == 13
+    assert not any(a.name in ("start", "end") for n in adapted.graph.node if n.op_type == "Shape" for a in n.attribute)
+    for shape in ((1, 3, 12), (4, 7, 12)):
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0] for p in (src, out))
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("other_dims, ok", [("a, b, 5", True), ("c, d, 5", False)])
+def test_reshape_allowzero_with_a_computed_shape(other_dims, ok):
+    """allowzero=1 -> 13 is exact when each computed entry is the data's own dim at that position (the same
+    symbol after shape inference): a 0 there is copied as 0. Dims of another size are refused."""
+    from modelport.adapt.opset import convert_opset
+    from modelport.errors import UnsupportedError
+
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[a, b, 12] x, float[{other_dims}] y) => (float[a, 3, b] out) {{
+        s = Shape <start = 0, end = 2> (y)
+        tail = Constant <value = int64[2] {{3, 4}}> ()
+        shape = Concat <axis = 0> (s, tail)
+        r = Reshape <allowzero = 1> (x, shape)
+        t = Transpose <perm = [0, 2, 1, 3]> (r)
+        minus_one = Constant <value = int64[1] {{-1}}> ()
+        out = ReduceSum <keepdims = 0> (t, minus_one)
+    }}"""
+    model = onnx.parser.parse_model(text)
+    if not ok:
+        with pytest.raises(UnsupportedError, match="allowzero=1"):
+            convert_opset(model, 13)
+        return
+    import onnxruntime as ort
+
+    out = convert_opset(model, 13).model
+    assert not any(a.name == "allowzero" for n in out.graph.node for a in n.attribute)
+    x = np.random.default_rng(0).standard_normal((2, 5, 12)).astype(np.float32)
+    y = np.zeros((2, 5, 5), np.float32)
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "y": y})[0]
+            for m in (model, out))
+    np.testing.assert_array_equal(a, b)

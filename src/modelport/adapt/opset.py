@@ -39,6 +39,7 @@ from onnx import numpy_helper
 
 from modelport.errors import BadInputError, ModelportError, UnsupportedError
 from modelport.formats.onnx_format import iter_nodes
+from modelport.formats.onnx_names import NameAllocator, value_names
 
 __all__ = ["MIN_OPSET", "max_opset", "model_opset", "convert_opset", "OpsetResult", "missing_at"]
 
@@ -135,14 +136,7 @@ def _localize_outer_constants(model: onnx.ModelProto) -> int:
     node found". A copy inside the branch is the same value. Returns how many inputs were rewired.
     """
     taken = {t.name for t in model.graph.initializer} | {o for n in iter_nodes(model.graph) for o in n.output}
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
+    fresh = NameAllocator(taken).fresh
 
     def small(t: onnx.TensorProto) -> bool:
         return int(np.prod(list(t.dims))) <= _LOCAL_MAX and t.data_location != onnx.TensorProto.EXTERNAL
@@ -201,23 +195,20 @@ _FOLDABLE = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Concat", "Identity", "G
 
 def _fold_computed_axes(model: onnx.ModelProto) -> int:
     """The ``axes`` / ``split`` inputs of ReduceX / Squeeze / Unsqueeze / Split that are computed from constants
-    only (a Constant -> Cast -> Unsqueeze chain) -> evaluated once (onnx.reference) into a Constant of the node's
-    graph, which onnx's version converter can read. Returns how many inputs were folded; others are left."""
-    from onnx.reference import ReferenceEvaluator
+    only (a Constant -> Cast -> Unsqueeze chain) -> evaluated once (onnx.reference, through
+    ``modelport.formats.onnx_fold``) into a Constant of the node's graph, which onnx's version converter can
+    read. Returns how many inputs were folded; others are left."""
+    from modelport.formats.onnx_fold import evaluate_cone, find_cone
 
     taken = {t.name for t in model.graph.initializer} | {o for n in iter_nodes(model.graph) for o in n.output}
-    opset = model_opset(model) or 1
+    opsets = [onnx.helper.make_opsetid("", model_opset(model) or 1)]
     folded = 0
 
     def visit(graph: onnx.GraphProto) -> None:
         nonlocal folded
-        local = {t.name: t for t in graph.initializer}
-        producer = {}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.output:
-                local.setdefault(node.output[0], None)
-            for o in node.output:
-                producer[o] = node
+        inits = {t.name: t for t in graph.initializer}
+        consts = {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+        producer = {o: n for n in graph.node for o in n.output if o}
         added = []
         for node in graph.node:
             for a in node.attribute:
@@ -225,32 +216,13 @@ def _fold_computed_axes(model: onnx.ModelProto) -> int:
                     visit(a.g)
                 for g in a.graphs:
                     visit(g)
-            if node.op_type not in _AXES_OPS or len(node.input) < 2 or not node.input[1] or node.input[1] in local:
+            if node.op_type not in _AXES_OPS or len(node.input) < 2 or not node.input[1] \
+                    or node.input[1] in inits or node.input[1] in consts:
                 continue
-            chain, leaves, todo, ok = [], set(), [node.input[1]], True
-            while todo and ok:
-                name = todo.pop()
-                if name in local:
-                    leaves.add(name)
-                    continue
-                p = producer.get(name)
-                if p is None or p.op_type not in _FOLDABLE or p.domain not in ("", "ai.onnx") or len(chain) > 32 \
-                        or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in p.attribute):
-                    ok = False
-                    break
-                if p not in chain:
-                    chain.append(p)
-                    todo.extend(i for i in p.input if i)
-            if not ok or any(local[n] is None and producer.get(n) is None for n in leaves):
-                continue
-            nodes = [n for n in graph.node if n in chain or (n.op_type == "Constant" and n.output and n.output[0] in leaves)]
-            inits = [local[n] for n in leaves if local[n] is not None]
-            mini = onnx.helper.make_model(
-                onnx.helper.make_graph(nodes, "fold", [], [onnx.helper.make_tensor_value_info(node.input[1], 0, None)], inits),
-                opset_imports=[onnx.helper.make_opsetid("", opset)])
-            try:
-                (value,) = ReferenceEvaluator(mini).run(None, {})
-            except Exception:  # noqa: BLE001  (not foldable after all: the converter's own error then names the node)
+            # only this graph's constants: a value of an enclosing graph or an input leaves it as it is
+            cone = find_cone(graph, node.input[1], producer=producer, ops=_FOLDABLE, limit=64)
+            value = evaluate_cone(cone, inits, opsets) if cone is not None and cone.leaves <= inits.keys() else None
+            if value is None:  # not foldable after all: the converter's own error then names the node
                 continue
             name, k = f"{node.input[1]}.folded", 0
             while name in taken:
@@ -302,8 +274,113 @@ def _strip_default_noop(model: onnx.ModelProto) -> None:
                     node.attribute.remove(a)
 
 
+_INFERRED: dict[int, tuple[onnx.ModelProto, dict[str, list]]] = {}  # one shape inference per model and conversion
+
+
+def _all_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Value name -> inferred dims (TensorShapeProto.Dimension) over every graph, computed once per model."""
+    hit = _INFERRED.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    try:
+        from modelport.formats.onnx_data import checkable
+
+        inferred = onnx.shape_inference.infer_shapes(checkable(model), strict_mode=False)
+    except Exception:  # noqa: BLE001  (nothing known: nothing proven)
+        inferred = model
+    out = {}
+    graphs = [inferred.graph]
+    while graphs:
+        g = graphs.pop()
+        for vi in [*g.input, *g.value_info, *g.output]:
+            if vi.type.tensor_type.HasField("shape"):
+                out[vi.name] = list(vi.type.tensor_type.shape.dim)
+        for n in g.node:
+            for a in n.attribute:
+                graphs.extend([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+    _INFERRED[id(model)] = (model, out)
+    return out
+
+
+def _shape_pieces(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray]):
+    """Reshape's ``shape`` as its Concat pieces: (values, None, 0, 0) for a constant piece, (None, X, s, e) for
+    ``Shape(X)[s:e]`` (Shape-15 start/end, or Slice of a whole Shape); None when a piece is anything else."""
+    producer = {o: n for n in iter_nodes(model.graph) for o in n.output}
+
+    def const(name: str):
+        if name in consts:
+            return np.asarray(consts[name]).reshape(-1)
+        p = producer.get(name)
+        if p is not None and p.op_type == "Constant" and p.attribute and p.attribute[0].name == "value":
+            return numpy_helper.to_array(p.attribute[0].t).reshape(-1)
+        return None
+
+    top = producer.get(node.input[1])
+    names = list(top.input) if top is not None and top.op_type == "Concat" else [node.input[1]]
+    out = []
+    for name in names:
+        value = const(name)
+        if value is not None:
+            out.append((value, None, 0, 0))
+            continue
+        p = producer.get(name)
+        attrs = {a.name: a.i for a in p.attribute} if p is not None else {}
+        if p is not None and p.op_type == "Shape":
+            out.append((None, p.input[0], attrs.get("start", 0), attrs.get("end")))
+            continue
+        whole = producer.get(p.input[0]) if p is not None and p.op_type == "Slice" else None
+        if whole is None or whole.op_type != "Shape" or any(a.name in ("start", "end") for a in whole.attribute):
+            return None
+        starts, ends = const(p.input[1]), const(p.input[2])
+        axes = const(p.input[3]) if len(p.input) > 3 and p.input[3] else np.zeros(1, np.int64)
+        steps = const(p.input[4]) if len(p.input) > 4 and p.input[4] else np.ones(1, np.int64)
+        if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)) or int(axes[0]) != 0 or int(steps[0]) != 1:
+            return None
+        out.append((None, whole.input[0], int(starts[0]), int(ends[0])))
+    return out
+
+
+def _zero_copies_the_same(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> bool:
+    """Whether Reshape's ``allowzero`` cannot change its result: every entry of the computed shape is a nonzero
+    constant, a static nonzero dim, or the dim the data tensor has at that very position (the same tensor, or the
+    same symbolic dim after shape inference). A 0 there reads 0 under allowzero=1 and copies the data's 0 under
+    allowzero=0: the same shape. (``h.reshape(*h.shape[:-1], heads, -1)``, as torch.onnx writes every view.)"""
+    pieces = _shape_pieces(node, model, consts)
+    dims = _all_dims(model)
+    data = dims.get(node.input[0])
+    if pieces is None or data is None:
+        return False
+    offset = 0
+    for value, src, start, end in pieces:
+        if value is not None:
+            if (value == 0).any():
+                return False
+            offset += value.size
+            continue
+        have = dims.get(src)
+        if have is None:
+            return False
+        rank = len(have)
+        start = min(max(start + rank if start < 0 else start, 0), rank)
+        end = rank if end is None else min(max(end + rank if end < 0 else end, 0), rank)
+        for k in range(max(0, end - start)):
+            i, d = offset + k, have[start + k]
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            if i >= len(data):
+                return False
+            same_tensor = src == node.input[0] and i == start + k
+            same_symbol = d.dim_param and data[i].dim_param == d.dim_param
+            if not (same_tensor or same_symbol):
+                return False
+        offset += max(0, end - start)
+    return True
+
+
 def _reshape_14_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str, np.ndarray], dropped: list[str]) -> None:
     allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+    if allowzero and consts.get(node.input[1]) is None and _zero_copies_the_same(node, model, consts):
+        allowzero = 0  # a computed shape whose zeros (if any) copy the data's own zero dims: exact without it
     if allowzero:
         shape = consts.get(node.input[1])
         if shape is None or (shape == 0).any():
@@ -443,11 +520,7 @@ def _pad_18_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[str,
     for k, a in enumerate(axes):
         full[a % rank], full[a % rank + rank] = pads[k], pads[k + len(axes)]
     taken = {i.name for i in model.graph.initializer} | {o for n in iter_nodes(model.graph) for o in n.output}
-    base = f"{node.name or node.output[0]}.pads_all_axes"
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
+    name = NameAllocator(taken).fresh(f"{node.name or node.output[0]}.pads_all_axes")
     model.graph.initializer.append(numpy_helper.from_array(np.array(full, dtype=np.int64), name))
     consts[name] = np.array(full, dtype=np.int64)
     node.input[1] = name
@@ -511,6 +584,46 @@ def _batchnorm_14_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dic
     for a in [a for a in node.attribute if a.name == "training_mode"]:
         node.attribute.remove(a)
     del node.output[1:]
+
+
+def _slice_shape_15_down(model: onnx.ModelProto, target: int) -> int:
+    """Shape-15 ``start``/``end`` -> Shape-1 + Slice-13 (no adapter exists): ``Shape(x)[start:end]`` is exactly
+    Slice(Shape(x), [start], [end]), both counting a negative index from the back and clamping to [0, rank]
+    (an absent ``end`` is the rank: INT64_MAX for Slice). Returns how many Shape nodes were rewritten."""
+    if target >= 15:
+        return 0
+    fresh = NameAllocator(value_names(model.graph) | {n.name for n in iter_nodes(model.graph)}).fresh
+    count = 0
+
+    def visit(graph: onnx.GraphProto) -> None:
+        nonlocal count
+        out = []
+        for node in graph.node:
+            for a in node.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    visit(g)
+            bounds = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
+            if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or not bounds:
+                out.append(node)
+                continue
+            label = node.name or node.output[0]
+            whole, starts, ends = fresh(f"{label}.whole"), fresh(f"{label}.start"), fresh(f"{label}.end")
+            graph.initializer.append(numpy_helper.from_array(np.array([bounds.get("start", 0)], np.int64), starts))
+            graph.initializer.append(numpy_helper.from_array(np.array([bounds.get("end", np.iinfo(np.int64).max)],
+                                                                      np.int64), ends))
+            result = node.output[0]
+            for a in [a for a in node.attribute if a.name in ("start", "end")]:
+                node.attribute.remove(a)
+            node.output[0] = whole
+            out.append(node)
+            out.append(onnx.helper.make_node("Slice", [whole, starts, ends], [result], name=fresh(f"{label}.slice")))
+            count += 1
+        if len(out) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(out)
+
+    visit(model.graph)
+    return count
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -661,6 +774,7 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
     held = 0
     step = -1 if target < src else 1
     where = f"preparing the conversion from opset {src} to {target}"
+    _INFERRED.clear()
     try:
         if target < src:
             work, applied = _decompose_missing(work, target)
@@ -670,6 +784,9 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
             folded = _fold_computed_axes(work)
             if folded:
                 notes.append(f"{folded} axes/split input(s) computed from constants only folded into constants")
+            sliced = _slice_shape_15_down(work, target)
+            if sliced:
+                notes.append(f"{sliced} Shape node(s) with start/end (opset 15) became Shape + Slice (exact)")
             _lift_constants(work)
         _strip_default_noop(work)
         for v in range(src, target, step):
@@ -681,11 +798,14 @@ def convert_opset(model: onnx.ModelProto, target: int) -> OpsetResult:
     except Exception as exc:  # noqa: BLE001  (never an internal error: a one-line error naming the step)
         raise UnsupportedError(f"opset conversion failed while {where}: {type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:200]}; no automatic fix") from None
+    finally:
+        _INFERRED.clear()  # it holds the models it inferred
     out = work
     if held:
         notes.append(f"{held} node version change(s) onnx's converter has no adapter for kept as they are (exact: types only, or defaults)")
     if dropped:
-        notes.append(f"allowzero dropped from {len(dropped)} Reshape node(s) (exact: no 0 in their shape)")
+        notes.append(f"allowzero dropped from {len(dropped)} Reshape node(s) (exact: no 0 in their shape, or "
+                     f"any 0 there is the data's own dim at that position)")
     try:
         from modelport.formats.onnx_data import checkable
 
