@@ -10,6 +10,14 @@ signature (its value no longer matters).
 
 Only conditions computed from small inputs (at most ``_MAX_ELEMENTS`` values: rates, flags, modes)
 with given values, initializers and constants are folded, never ones that read a data tensor.
+
+Where a converter freezes the input shapes (onnx2tf retries a dynamic graph at the user's shapes), a
+condition may also read shapes: silero-vad's inner ``If(Cast(Shape(state)[1]))`` and
+``If(Shape(encoder output)[2] == 1)``. ``fold_ifs(..., shapes=...)`` sets the inputs to those shapes and
+takes the output of each ``Shape``/``Size`` whose input then has a static inferred shape as a constant
+(``modelport.formats.onnx_fold.shape_values``); such a fold is reported with the shapes ("at input
+shapes input=1x512, state=2x1x128: If ... folded"). The condition's cone is evaluated with the one
+constant evaluator of ``modelport.formats.onnx_fold``.
 """
 
 from __future__ import annotations
@@ -32,10 +40,13 @@ class Fold:
     node: str
     branch: str  # "then" or "else"
     frozen: tuple[tuple[str, str], ...]  # (input name, its value as text)
+    shapes: tuple[tuple[str, str], ...] = ()  # (input name, its shape as text) when shapes decided it too
 
     def describe(self) -> str:
-        values = ", ".join(f"input '{n}' frozen at {v}" for n, v in self.frozen)
-        return f"{values}: If '{self.node}' folded to its {self.branch} branch"
+        parts = [f"input '{n}' frozen at {v}" for n, v in self.frozen]
+        if self.shapes:
+            parts.append("at input shapes " + ", ".join(f"{n}={v}" for n, v in self.shapes))
+        return f"{', '.join(parts)}: If '{self.node}' folded to its {self.branch} branch"
 
 
 def given_values(names: list[str], specs=(), values=None) -> dict[str, np.ndarray]:
@@ -55,52 +66,6 @@ def given_values(names: list[str], specs=(), values=None) -> dict[str, np.ndarra
 
 def _show(a: np.ndarray) -> str:
     return str(a.item()) if a.size == 1 else np.array2string(a.reshape(-1), separator=",")
-
-
-def _cone(graph: onnx.GraphProto, name: str, producer: dict[str, int]) -> tuple[list[int], set[str]] | None:
-    """The nodes computing ``name`` (indices, in graph order) and the graph inputs they read;
-    None when a node of it carries a subgraph (its outer reads are not followed)."""
-    nodes: set[int] = set()
-    leaves: set[str] = set()
-    stack = [name]
-    seen: set[str] = set()
-    while stack:
-        v = stack.pop()
-        if v in seen or not v:
-            continue
-        seen.add(v)
-        if v in producer:
-            i = producer[v]
-            node = graph.node[i]
-            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-                return None
-            if i not in nodes:
-                nodes.add(i)
-                stack.extend(node.input)
-        else:
-            leaves.add(v)
-    return sorted(nodes), leaves
-
-
-def _evaluate(model: onnx.ModelProto, nodes: list[int], leaves: set[str], out: str,
-              feeds: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The value of ``out`` from the cone's nodes, with onnx's reference evaluator (small and exact)."""
-    from onnx.reference import ReferenceEvaluator
-
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    sub = onnx.helper.make_graph(
-        [graph.node[i] for i in nodes], "cond",
-        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), feeds[n].shape)
-         for n in sorted(leaves) if n in feeds],
-        [onnx.helper.make_tensor_value_info(out, onnx.TensorProto.UNDEFINED, None)],
-        [inits[n] for n in sorted(leaves) if n in inits])
-    m = onnx.helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    try:
-        (value,) = ReferenceEvaluator(m).run(None, {n: feeds[n] for n in leaves if n in feeds})
-    except Exception:  # an op the reference lacks, or a value it refuses: the If stays
-        return None
-    return np.asarray(value)
 
 
 def _names_in(graph: onnx.GraphProto) -> set[str]:
@@ -183,36 +148,66 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
         graph.node.extend(keep)
 
 
-def fold_ifs(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[Fold]]:
+def _with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Set the graph inputs named in ``shapes`` (of the same rank) to those static shapes, in place."""
+    for vi in model.graph.input:
+        shape = shapes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else None
+        if shape is None or dims is None or not vi.type.tensor_type.HasField("shape") or len(dims) != len(shape):
+            continue
+        for d, n in zip(dims, shape):
+            d.Clear()
+            d.dim_value = int(n)
+
+
+def fold_ifs(model: onnx.ModelProto, values: dict[str, np.ndarray],
+             shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[onnx.ModelProto, list[Fold]]:
     """``model`` with each top-level If whose condition ``values`` decide replaced by its taken branch
-    (repeated: an If of an inlined branch may be decided too), and the folds made. ``model`` is not
-    changed; with nothing to fold it is returned as is."""
+    (repeated: an If of an inlined branch may be decided too), and the folds made. With ``shapes``
+    (input name -> static shape; the model is then specialised to them), the inputs get those shapes
+    and a condition may also read the ``Shape``/``Size`` of values whose inferred shape is static.
+    ``model`` is not changed; with nothing to fold it is returned as is."""
+    from modelport.formats.onnx_fold import evaluate_cone, find_cone, shape_values
+
     graph_inputs = {v.name for v in model.graph.input} - {t.name for t in model.graph.initializer}
     values = {k: v for k, v in values.items() if k in graph_inputs and v.size <= _MAX_ELEMENTS}
-    if not values or not any(n.op_type == "If" for n in model.graph.node):
+    shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items() if k in graph_inputs}
+    if not (values or shapes) or not any(n.op_type == "If" for n in model.graph.node):
         return model, []
     out = onnx.ModelProto.FromString(model.SerializeToString())
+    if shapes:
+        _with_shapes(out, shapes)
+    shown = tuple((n, "x".join(map(str, s))) for n, s in shapes.items() if s)  # scalars (sr) have no shape to tell
     graph, folds, refused = out.graph, [], set()
-    inits = {t.name for t in graph.initializer}
+    inits = {t.name: t for t in graph.initializer}
+    sized: dict[str, np.ndarray] | None = None  # Shape/Size outputs known from static shapes (after each fold)
     while True:
-        producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+        producer = {o: n for n in graph.node for o in n.output if o}
         for index, node in enumerate(graph.node):
             key = (node.name, *node.output)
             if node.op_type != "If" or node.domain not in ("", "ai.onnx") or key in refused:
                 continue
-            cone = _cone(graph, node.input[0], producer)
-            read = cone[1] - inits if cone else set()
-            if cone is None or not read or not read <= set(values):
+            cone = find_cone(graph, node.input[0], stop=values.keys(), producer=producer)
+            if cone is not None and shapes and not cone.leaves - inits.keys() <= values.keys():
+                if sized is None:
+                    sized = shape_values(out)
+                cone = find_cone(graph, node.input[0], stop=values.keys() | sized.keys(), producer=producer)
+            known = {**inits, **values, **(sized or {})}
+            read = cone.leaves - inits.keys() if cone else set()
+            if cone is None or not read or not read <= known.keys():
                 refused.add(key)
                 continue
-            cond = _evaluate(out, cone[0], cone[1], node.input[0], values)
+            cond = evaluate_cone(cone, known, out.opset_import, out.ir_version)
             if cond is None or cond.size != 1:
                 refused.add(key)
                 continue
             taken = "then" if bool(cond.reshape(-1)[0]) else "else"
             branch = next(a.g for a in node.attribute if a.name == f"{taken}_branch")
-            folds.append(Fold(node.name or f"If@{index}", taken, tuple((n, _show(values[n])) for n in sorted(read))))
+            frozen = tuple((n, _show(values[n])) for n in sorted(read & values.keys()))
+            folds.append(Fold(node.name or f"If@{index}", taken, frozen, shown if read - values.keys() else ()))
             _inline(graph, index, branch)
+            inits = {t.name: t for t in graph.initializer}
+            sized, refused = None, set()  # the inlined nodes may make more shapes static
             break
         else:
             break

@@ -19,7 +19,9 @@ onnx2tf also returns 3-5-D feature-map outputs channels-last (NHWC) where ONNX h
 channels-first. Which outputs it transposed is settled by running the converted SavedModel
 and the ONNX model (onnxruntime) on one random input: an output whose shape is only the
 channels-last permutation of the ONNX one is transposed; where both layouts fit the shape
-(equal dims), the values decide, and a tie leaves it as it is. Those outputs get transposed
+(equal dims), the values decide, and a tie leaves it as it is. An output that fits neither
+(silero-vad's LSTM state stack, [1, 2, 128] for ONNX's [2, 1, 128]) gets the axis order whose
+values match best, when one order is strictly best. Those outputs get transposed
 back in a wrapping serving function, re-saved as the SavedModel; the .tflite is then made
 from that SavedModel with TF's converter, as onnx2tf makes it.
 
@@ -56,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from modelport.artifact import TensorSpec
+from modelport.convert.if_fold import fold_ifs, given_values
 from modelport.convert.registry import ConvertOptions, ConverterResult, register
 from modelport.convert.tflite_to_onnx import DYNAMIC_RANGE_TOLERANCE  # activations quantized at run time
 from modelport.errors import BadInputError, ExportError
@@ -113,6 +116,41 @@ def _kept_layout_inputs(model) -> list[str]:
         vi.name for vi in model.graph.input
         if vi.name not in inits and vi.type.HasField("tensor_type") and 3 <= len(vi.type.tensor_type.shape.dim) <= 5
     ]
+
+
+# ops a recurrent state may pass through between a graph input and an LSTM/GRU/RNN initial state
+_STATE_PATH = {"Gather", "Slice", "Squeeze", "Unsqueeze", "Split", "Identity", "Reshape", "Cast", "Concat", "Constant",
+               "Expand"}
+
+
+def _state_inputs(model) -> list[str]:
+    """Graph inputs that are recurrent state, no channels-first feature map: those that reach an
+    LSTM/GRU/RNN's initial state (inputs 5 and 6) through data movement only (silero-vad's ``state``
+    [2, batch, 128] -> Gather -> Unsqueeze -> initial_h), and stacks only ever indexed along their first
+    axis (``Gather(state, i, axis=0)`` feeding an LSTM cell written as MatMuls). onnx2tf is told to keep
+    their shape absolutely, else it transposes them to channels-last and the LSTM gets a [128, 1] state
+    (``initial_state ... not compatible with cell.state_size``; a MatMul of [128, 1] and [128, 512])."""
+    from modelport.formats.onnx_fold import find_cone
+
+    inputs = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
+    found: list[str] = []
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in set(node.input) & inputs:
+            readers.setdefault(name, []).append(node)
+    for name, nodes in readers.items():
+        picks = [n for n in nodes if n.op_type in ("Gather", "Split") and n.domain in _STANDARD_DOMAINS
+                 and next((a.i for a in n.attribute if a.name == "axis"), 0) == 0 and n.input[0] == name]
+        if picks and all(n in picks or n.op_type == "Shape" for n in nodes):
+            found.append(name)
+    for node in model.graph.node:
+        if node.op_type not in ("LSTM", "GRU", "RNN") or node.domain not in _STANDARD_DOMAINS:
+            continue
+        for name in node.input[5:7]:
+            cone = find_cone(model.graph, name, ops=_STATE_PATH, limit=32) if name else None
+            if cone is not None:
+                found.extend(n for n in sorted(cone.leaves & inputs) if n not in found)
+    return found
 
 
 def _symbolic(d) -> bool:
@@ -264,19 +302,27 @@ class _Run:
     frozen: dict[str, int]
     note: str = ""
     prep: Any = None  # a modelport.convert.qdq_prep.QdqPrep when the source is a QDQ graph
+    folds: tuple = ()  # modelport.convert.if_fold.Fold: Ifs replaced by the branch the user's values/shapes take
 
 
 def _convert_file(src: str, folder: Path, kept: list[str], pseudo: list[str]) -> None:
-    """One onnx2tf run in the current (scratch) cwd; failures become ExportError."""
+    """One onnx2tf run in the current (scratch) cwd; failures become ExportError. Inputs in ``kept`` that
+    feed a recurrent state (``_state_inputs``) keep their shape absolutely instead of being transposed inside."""
+    import onnx
     import onnx2tf  # undeclared-ok: its == pins conflict with ours; installed --no-deps from locks/nodeps.txt
 
+    try:
+        states = [n for n in _state_inputs(onnx.load(src, load_external_data=False)) if n in kept]
+    except Exception:  # noqa: BLE001 - unreadable here: onnx2tf's own error names it below
+        states = []
     sink = io.StringIO()
     try:
         with redirect_stdout(sink), redirect_stderr(sink):
             onnx2tf.convert(
                 input_onnx_file_path=src,
                 output_folder_path=str(folder),
-                keep_ncw_or_nchw_or_ncdhw_input_names=kept or None,
+                keep_ncw_or_nchw_or_ncdhw_input_names=[n for n in kept if n not in states] or None,
+                keep_shape_absolutely_input_names=states or None,
                 replace_to_pseudo_operators=pseudo,
                 output_signaturedefs=True,
                 copy_onnx_input_output_names_to_tflite=True,
@@ -356,6 +402,8 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
     sizes.update(_given_sizes(model, options.inputs))  # where a freeze is needed, at the user's shapes
     asked = _parse_dims(options.get("static_dims"))
     sizes.update(asked)
+    values = given_values([v.name for v in model.graph.input], options.inputs, options.get("input_values"))
+    given_shapes = bool(_given_sizes(model, options.inputs))
     folder = folder.resolve()  # onnx2tf runs in a scratch cwd: paths resolved before it changes
     absolute = os.path.abspath(src)
     with _scratch_cwd() as scratch:
@@ -368,25 +416,89 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
                 _convert_file(source, folder, kept, list(pseudo))
                 # a dynamic graph can convert and still not run at the user's shapes (ppocrv4-det: an Add of
                 # [1,20,20,96] and [1,10,20,96] after a Resize): then it is converted frozen at those shapes
-                failing = _fails_at_given_shapes(folder, options) if _given_sizes(model, options.inputs) else None
+                failing = _fails_at_given_shapes(folder, options) if given_shapes else None
                 if failing is None:
                     return _Run(kept, {}, skipped, prep)
                 first = f"the dynamic conversion fails at the given input shapes: {failing}"
             except ExportError as exc:
-                if not sizes:
-                    raise ExportError(exc.args[0], path=src) from None
                 first = exc.args[0]
             shutil.rmtree(folder, ignore_errors=True)
+            # an If the user's values decide (silero-vad's If on sr=16000): folded, tried with its dynamic dims
+            folded, folds = fold_ifs(model, values)
+            if not sizes and not folds:
+                raise ExportError(first, path=src) from None
+            if folds:
+                path = scratch / (Path(src).stem + ".folded.onnx")
+                onnx.save(folded, str(path))
+                try:
+                    _convert_file(str(path), folder, kept, list(pseudo))
+                    failing = _fails_at_given_shapes(folder, options) if given_shapes else None
+                    if failing is None:
+                        note = "; ".join(n for n in (f"as given, onnx2tf failed: {first}"[:300], skipped) if n)
+                        return _Run(kept, {}, note, prep, tuple(folds))
+                    first = f"{first}; after folding, the conversion fails at the given input shapes: {failing}"
+                except ExportError as exc:
+                    if not sizes:
+                        raise ExportError(f"{exc.args[0]} (after folding {len(folds)} If(s); as given: {first})"[:500],
+                                          path=src) from None
+                    first = f"{first}; after folding: {exc.args[0]}"
+                shutil.rmtree(folder, ignore_errors=True)
         frozen = scratch / (Path(src).stem + ".onnx")
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):  # onnxscript's folder chatters
-            onnx.save(_freeze_dims(model, sizes), str(frozen))
+            frozen_model, folds, silent = _freeze_and_fold(model, sizes, values)
+            onnx.save(frozen_model, str(frozen))
         try:
             _convert_file(str(frozen), folder, kept, list(pseudo))
         except ExportError as exc:
-            raise ExportError(f"{exc.args[0]} (dynamic graph: {first})"[:500], path=src) from None
+            raise ExportError(f"{exc.args[0]}{_if_hint(frozen_model, values)} (dynamic graph: {first})"[:600],
+                              path=src) from None
     dims = ", ".join(f"{k}={v}" for k, v in sizes.items())
-    note = "; ".join(n for n in (f"dynamic dims frozen ({dims}): {first}"[:300], skipped) if n)
-    return _Run(kept, sizes, note, prep)
+    constant = f"{silent} If(s) with a constant condition at those dims folded" if silent else ""
+    note = "; ".join(n for n in (f"dynamic dims frozen ({dims}): {first}"[:300], constant, skipped) if n)
+    return _Run(kept, sizes, note, prep, tuple(folds))
+
+
+def _if_hint(model, values: dict[str, np.ndarray]) -> str:
+    """How to fold an If left whose condition reads a small graph input the user gave no value for
+    (silero-vad's ``If(sr == 16000)`` without ``--input sr=16000``); "" when there is none."""
+    from modelport.formats.onnx_fold import find_cone
+
+    small = {vi.name for vi in model.graph.input if vi.type.HasField("tensor_type")
+             and vi.type.tensor_type.HasField("shape") and len(vi.type.tensor_type.shape.dim) <= 1}
+    small -= set(values) | {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        cone = find_cone(model.graph, node.input[0]) if node.op_type == "If" and node.input else None
+        read = sorted(cone.leaves & small) if cone is not None else []
+        if read:
+            names = ", ".join(f"'{n}'" for n in read)
+            return (f"; If '{node.name}' reads input {names}: it folds to one branch once the input is fixed "
+                    f"(--input {read[0]}=VALUE, or {read[0]} in --inputs)")
+    return ""
+
+
+def _if_count(model) -> int:
+    return sum(n.op_type == "If" for n in model.graph.node)
+
+
+def _freeze_and_fold(model, sizes: dict[str, int], values: dict[str, np.ndarray]) -> tuple[Any, list, int]:
+    """The model frozen at ``sizes`` (``_freeze_dims``) with the Ifs that the user's values or the frozen
+    shapes decide folded (``modelport.convert.if_fold``), those folds, and how many Ifs onnxscript's
+    optimizer folded on top (a condition it found constant at those dims, e.g. after our folds)."""
+    dims = {vi.name: [d.dim_value if not _symbolic(d) else sizes.get(_dim_key(vi.name, pos, d), 0)
+                      for pos, d in enumerate(vi.type.tensor_type.shape.dim)]
+            for vi in model.graph.input if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+    shapes = {n: tuple(s) for n, s in dims.items() if all(d > 0 for d in s) or not s}
+    folded, folds = fold_ifs(model, values, shapes)  # before onnxscript's optimizer: each fold is reported
+    frozen, silent = folded, 0
+    for _ in range(8):  # folded branches can make further shapes static once constants are folded
+        before = _if_count(frozen)
+        frozen = _freeze_dims(frozen, sizes)
+        silent += max(0, before - _if_count(frozen))
+        frozen, more = fold_ifs(frozen, values, shapes)
+        folds.extend(more)
+        if not more:
+            break
+    return frozen, folds, silent
 
 
 def _fails_at_given_shapes(folder: Path, options: ConvertOptions) -> str | None:
@@ -454,6 +566,7 @@ def _detail(run: _Run, extra: str = "", restored: list[str] = ()) -> str:
         parts.append(f"outputs transposed back to ONNX layout: {', '.join(restored)}")
     if run.frozen:
         parts.append("static dims " + ", ".join(f"{k}={v}" for k, v in run.frozen.items()))
+    parts.extend(f.describe() for f in run.folds)
     if run.prep:
         rtol, atol = _tolerance(run)
         parts.append(f"{run.prep.describe()} (a float model of the quantized graph: verified at rtol {rtol:g}, "
@@ -463,6 +576,8 @@ def _detail(run: _Run, extra: str = "", restored: list[str] = ()) -> str:
 
 def _warnings(run: _Run, layout_notes: tuple[str, ...]) -> tuple[str, ...]:
     notes = ((run.note,) if run.note else ()) + layout_notes
+    notes += tuple(f"{f.describe()}: the converted model holds only for these "
+                   f"{'values' if f.frozen else 'input shapes'}" for f in run.folds)
     if run.prep and run.prep.integer:
         notes += ("the quantized graph has integer outputs, compared exactly; the converted model does not round its "
                   "activations and can be one quantum off: judge the conversion on the task with --eval data.npz "
@@ -475,7 +590,7 @@ def _to_channels_first(rank: int) -> list[int]:
     return [0, rank - 1, *range(1, rank - 1)]
 
 
-def _transposed_outputs(src: str, folder: Path) -> tuple[dict[str, list[int]], str]:
+def _transposed_outputs(src: str, folder: Path, given: dict | None = None) -> tuple[dict[str, list[int]], str]:
     """Outputs of the SavedModel in ``folder`` that onnx2tf left channels-last: ``({its name: perm back}, note)``.
 
     Both models run on the same random input. An output whose shape fits only the
@@ -483,6 +598,7 @@ def _transposed_outputs(src: str, folder: Path) -> tuple[dict[str, list[int]], s
     (equal dims), the layout with the smaller max abs difference to onnxruntime wins, and a
     tie (values symmetric under the permutation) leaves it as it is. When the models cannot be
     run here, every output is left as it is and the note says why (verification judges the result).
+    ``given``: input values used instead of random ones (the user's; an If was folded at ``sr=16000``).
     """
     from modelport.formats import open_runner
     from modelport.inputs import make_inputs
@@ -493,6 +609,9 @@ def _transposed_outputs(src: str, folder: Path) -> tuple[dict[str, list[int]], s
             return {}, ""
         with open_runner(folder, "savedmodel") as conv:
             feeds = make_inputs(conv.signature.inputs, seed=0, bounds=ref.index_bounds())[0]
+            shapes = {i.name: i.shape for i in conv.signature.inputs}
+            feeds.update({k: np.asarray(v) for k, v in (given or {}).items()  # switches, and data that fits
+                          if k in feeds and (np.size(v) <= 16 or _fits(np.shape(v), shapes[k]))})
             try:
                 # onnx2tf names SavedModel outputs output_0, ...: paired as verification pairs them
                 pairs = match_names([o.name for o in ref.signature.outputs], [o.name for o in conv.signature.outputs],
@@ -511,6 +630,10 @@ def _transposed_outputs(src: str, folder: Path) -> tuple[dict[str, list[int]], s
         perm = _to_channels_first(a.ndim)
         back = np.transpose(b, perm)
         if back.shape != a.shape:
+            if b.shape != a.shape:  # another order (an LSTM state stack [1, 2, 128] for [2, 1, 128]): values decide
+                perm = _fitting_permutation(a, b)
+                if perm is not None:
+                    found[pairs[name]] = perm
             continue
         if b.shape == a.shape:  # both layouts fit: the values decide
             if not np.issubdtype(a.dtype, np.number):
@@ -521,6 +644,26 @@ def _transposed_outputs(src: str, folder: Path) -> tuple[dict[str, list[int]], s
                 continue
         found[pairs[name]] = perm
     return found, ""
+
+
+def _fits(shape: tuple, spec) -> bool:
+    """``shape`` fits a signature shape whose dynamic dims are None (or names)."""
+    return spec is not None and len(shape) == len(spec) and all(
+        not isinstance(d, int) or d < 0 or d == n for n, d in zip(shape, spec))
+
+
+def _fitting_permutation(a: np.ndarray, b: np.ndarray) -> list[int] | None:
+    """The axis order taking ``b`` to ``a``'s shape that matches ``a`` best, when it is the only best one."""
+    import itertools
+
+    if not np.issubdtype(a.dtype, np.number) or sorted(a.shape) != sorted(b.shape):
+        return None
+    a64 = a.astype(np.float64)
+    scored = sorted((float(np.max(np.abs(np.transpose(b, p).astype(np.float64) - a64), initial=0.0)), list(p))
+                    for p in itertools.permutations(range(b.ndim)) if np.transpose(b, p).shape == a.shape)
+    if not scored or (len(scored) > 1 and not scored[0][0] < scored[1][0]):
+        return None
+    return scored[0][1]
 
 
 def _wrap_outputs(folder: Path, perms: dict[str, list[int]]) -> None:
@@ -561,9 +704,19 @@ def _saved_model_to_tflite(folder: Path, dest: Path, dtype: str) -> None:
         dest.write_bytes(converter.convert())
 
 
-def _restore_output_layout(src: str, folder: Path) -> tuple[list[str], tuple[str, ...]]:
+def _user_values(options: ConvertOptions) -> dict:
+    """The user's ``--inputs`` arrays (first sample) and ``--input NAME=VALUE`` constants."""
+    from modelport.inputs import ConstantSpec, load_npz
+
+    values = options.get("input_values")
+    out = dict((load_npz(values) if not isinstance(values, dict) else values) if values is not None else {})
+    out.update({s.name: np.asarray(s.value, dtype=s.dtype) for s in options.inputs if isinstance(s, ConstantSpec)})
+    return out
+
+
+def _restore_output_layout(src: str, folder: Path, options: ConvertOptions) -> tuple[list[str], tuple[str, ...]]:
     """Transpose channels-last outputs of the SavedModel back to the ONNX layout; (their names, warnings)."""
-    perms, note = _transposed_outputs(src, folder)
+    perms, note = _transposed_outputs(src, folder, _user_values(options))
     if perms:
         _wrap_outputs(folder, perms)
     return sorted(perms), (note,) if note else ()
@@ -583,7 +736,7 @@ def onnx_to_savedmodel(src: str, out: str, options: ConvertOptions) -> Converter
     run = _run_onnx2tf(src, folder, options)
     for extra in folder.glob("*.tflite"):
         extra.unlink()
-    restored, layout_notes = _restore_output_layout(src, folder)
+    restored, layout_notes = _restore_output_layout(src, folder, options)
     return ConverterResult(tool="onnx2tf", versions=_versions(), detail=_detail(run, restored=restored),
                            warnings=_warnings(run, layout_notes), tolerance=_tolerance(run))
 
@@ -613,7 +766,7 @@ def onnx2tf_tflite(src: str, out: str, options: ConvertOptions) -> ConverterResu
         found = sorted(saved.glob(f"*_{dtype}.tflite"))
         if not found:
             raise ExportError(f"onnx2tf wrote no {dtype} .tflite file", path=src)
-        restored, layout_notes = _restore_output_layout(src, saved)
+        restored, layout_notes = _restore_output_layout(src, saved, options)
         if restored:  # onnx2tf's .tflite has them channels-last: made again from the wrapped SavedModel
             tflite = work / f"restored_{dtype}.tflite"
             try:
