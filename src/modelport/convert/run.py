@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import shlex
 import time
@@ -119,7 +120,12 @@ class ConvertStep:
     def run(self, artifact: Artifact, staging: Staging) -> StepResult:
         kind = self.kind or output_kind(self.edge.dst)
         out = staging.scratch(f"step{self.index}") / ("model" + ("" if kind == "/" else kind))
-        res = self.edge.fn(artifact.path, str(out), self.options)
+        try:
+            res = self.edge.fn(artifact.path, str(out), self.options)
+        finally:
+            # a converter's framework objects (a torch module, an exported program) sit in reference cycles: their
+            # weights are freed now, not while the parity check loads the source again (1.1B Llama: 8.8 -> 5 GB)
+            gc.collect()
         detail = res.detail
         if self.index == 0 and (digest := _sha256(artifact.path)):
             detail = f"{detail}; source sha256 {digest[:16]}"
