@@ -28,13 +28,13 @@ DEBUG_ENV = "MODELPORT_DEBUG"
 
 _RECORD = r"\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] "  # glog/absl: LEVEL MMDD hh:mm:ss.us thread file:line]
 # absl's pre-init banner; glog/absl INFO and WARNING records; two ERROR records TensorFlow writes
-# on healthy runs (tf.data graphs from a newer TF, oneDNN's int64 fallback); TFLite's own
+# on healthy runs (tf.data graphs from a newer TF, oneDNN's int8/32/64 fallback); TFLite's own
 # "INFO: ..." lines. Every other ERROR/FATAL record and TFLite "ERROR: ..." line passes.
 CHATTER = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]" + _RECORD + r".*"
     r"|E" + _RECORD + r"(NodeDef mentions attribute .* This may be expected if your graph generating binary is newer"
-    r"|oneDNN supports DT_INT(?:8|64) only on platforms with AVX-512\. Falling back).*"
+    r"|oneDNN supports DT_INT(?:8|32|64) only on platforms with AVX-512\. Falling back).*"
     r"|INFO: .*"
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$"
 )

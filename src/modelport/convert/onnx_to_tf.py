@@ -15,6 +15,10 @@ Two things onnx2tf does that we do not let it do:
   checked up front against its op modules, and any failure becomes an ExportError
   naming the op and node.
 
+Slices that keep their whole input (tf2onnx's ``x[..., 0]`` after a Keras Conv1D, Magika) are dropped
+first (``modelport.convert.noop_slice``): onnx2tf applies their ONNX axes to the channels-last tensor
+and cuts the channels.
+
 onnx2tf also returns 3-5-D feature-map outputs channels-last (NHWC) where ONNX has them
 channels-first. Which outputs it transposed is settled by running the converted SavedModel
 and the ONNX model (onnxruntime) on one random input: an output whose shape is only the
@@ -59,6 +63,7 @@ import numpy as np
 
 from modelport.artifact import TensorSpec
 from modelport.convert.if_fold import fold_ifs, given_values
+from modelport.convert.noop_slice import drop_noop_slices
 from modelport.convert.registry import ConvertOptions, ConverterResult, register
 from modelport.convert.tflite_to_onnx import DYNAMIC_RANGE_TOLERANCE  # activations quantized at run time
 from modelport.errors import BadInputError, ExportError
@@ -303,6 +308,7 @@ class _Run:
     note: str = ""
     prep: Any = None  # a modelport.convert.qdq_prep.QdqPrep when the source is a QDQ graph
     folds: tuple = ()  # modelport.convert.if_fold.Fold: Ifs replaced by the branch the user's values/shapes take
+    whole: tuple = ()  # names of the Slices that keep their whole input, dropped (modelport.convert.noop_slice)
 
 
 def _convert_file(src: str, folder: Path, kept: list[str], pseudo: list[str]) -> None:
@@ -397,6 +403,8 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
         except Exception as exc:  # noqa: BLE001 - a graph the rewrites do not know: onnx2tf gets it as it is
             why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
             skipped = f"quantized graph converted without its QDQ preparation ({type(exc).__name__}: {why})"
+    # a Slice that keeps everything is an Identity onnx2tf can mis-apply channels-last (Magika): dropped
+    model, whole = drop_noop_slices(model)
     kept = _kept_layout_inputs(model)
     sizes = _frozen_sizes(model, 1, 16)
     sizes.update(_given_sizes(model, options.inputs))  # where a freeze is needed, at the user's shapes
@@ -408,7 +416,7 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
     absolute = os.path.abspath(src)
     with _scratch_cwd() as scratch:
         # onnx2tf rewrites the file it is given: never the user's
-        source = _prepared_copy(model, src, scratch) if prep else _private_copy(absolute, scratch)
+        source = _prepared_copy(model, src, scratch) if prep or whole else _private_copy(absolute, scratch)
         if asked:
             first = "asked for"
         else:
@@ -418,7 +426,7 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
                 # [1,20,20,96] and [1,10,20,96] after a Resize): then it is converted frozen at those shapes
                 failing = _fails_at_given_shapes(folder, options) if given_shapes else None
                 if failing is None:
-                    return _Run(kept, {}, skipped, prep)
+                    return _Run(kept, {}, skipped, prep, whole=tuple(whole))
                 first = f"the dynamic conversion fails at the given input shapes: {failing}"
             except ExportError as exc:
                 first = exc.args[0]
@@ -435,7 +443,7 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
                     failing = _fails_at_given_shapes(folder, options) if given_shapes else None
                     if failing is None:
                         note = "; ".join(n for n in (f"as given, onnx2tf failed: {first}"[:300], skipped) if n)
-                        return _Run(kept, {}, note, prep, tuple(folds))
+                        return _Run(kept, {}, note, prep, tuple(folds), tuple(whole))
                     first = f"{first}; after folding, the conversion fails at the given input shapes: {failing}"
                 except ExportError as exc:
                     if not sizes:
@@ -455,7 +463,7 @@ def _run_onnx2tf(src: str, folder: Path, options: ConvertOptions, *, pseudo: tup
     dims = ", ".join(f"{k}={v}" for k, v in sizes.items())
     constant = f"{silent} If(s) with a constant condition at those dims folded" if silent else ""
     note = "; ".join(n for n in (f"dynamic dims frozen ({dims}): {first}"[:300], constant, skipped) if n)
-    return _Run(kept, sizes, note, prep, tuple(folds))
+    return _Run(kept, sizes, note, prep, tuple(folds), tuple(whole))
 
 
 def _if_hint(model, values: dict[str, np.ndarray]) -> str:
@@ -567,6 +575,9 @@ def _detail(run: _Run, extra: str = "", restored: list[str] = ()) -> str:
     if run.frozen:
         parts.append("static dims " + ", ".join(f"{k}={v}" for k, v in run.frozen.items()))
     parts.extend(f.describe() for f in run.folds)
+    if run.whole:
+        parts.append(f"{len(run.whole)} Slice(s) keeping their whole input removed (an Identity): "
+                     f"{', '.join(run.whole[:3])}{', …' if len(run.whole) > 3 else ''}")
     if run.prep:
         rtol, atol = _tolerance(run)
         parts.append(f"{run.prep.describe()} (a float model of the quantized graph: verified at rtol {rtol:g}, "
