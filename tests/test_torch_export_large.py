@@ -26,6 +26,22 @@ THRESHOLD = 64 * 1024
 WIDTH = 88  # 88x88 float32 = 30 KiB a weight, three of them above the threshold; a shape no other test uses
 
 
+# a module file of three Linear layers of the test weights' shape (the module-file route's source)
+NET_PY = f'''
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = (torch.nn.Linear({WIDTH}, {WIDTH}) for _ in range(3))
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+'''
+
+
 def _mlp(path: Path, layers: int = 3) -> Path:
     """MatMul+Add+Relu layers, every tensor in external data."""
     rng = np.random.default_rng(3)
@@ -137,19 +153,7 @@ def test_release_rewriter_state_frees_an_exported_modules_weights():
 def test_module_export_above_threshold_frees_the_weights(tmp_path, monkeypatch, cli):
     """The module-file route (torch-module -> onnx) releases them too, and writes external data for the output."""
     monkeypatch.setenv("MODELPORT_EXTERNAL_DATA_THRESHOLD", str(THRESHOLD))
-    (tmp_path / "net.py").write_text(f'''
-import torch
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a, self.b, self.c = (torch.nn.Linear({WIDTH}, {WIDTH}) for _ in range(3))
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
-''')
+    (tmp_path / "net.py").write_text(NET_PY)
     out = tmp_path / "out" / "net.onnx"
     res = cli("convert", f"{tmp_path / 'net.py'}:Net", "--input", f"x:4x{WIDTH}:float32", "--to", "onnx", "-o", out)
     assert res.exit_code == 0, res.stderr
@@ -167,19 +171,7 @@ def test_conversion_weights_are_gone_when_the_parity_check_starts(tmp_path, monk
     from torch._subclasses.fake_tensor import FakeTensor
 
     monkeypatch.setenv("MODELPORT_EXTERNAL_DATA_THRESHOLD", str(THRESHOLD))
-    (tmp_path / "net.py").write_text(f'''
-import torch
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a, self.b, self.c = (torch.nn.Linear({WIDTH}, {WIDTH}) for _ in range(3))
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
-''')
+    (tmp_path / "net.py").write_text(NET_PY)
     verify_pkg = importlib.import_module("modelport.verify")
     real, seen = verify_pkg.compare_in_turn, []
 
