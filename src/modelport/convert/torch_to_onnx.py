@@ -358,13 +358,7 @@ def torchscript_to_onnx(src: str, out: str, options: ConvertOptions) -> Converte
 
 @register("torch-export", "onnx", "torch.onnx export")
 def exported_program_to_onnx(src: str, out: str, options: ConvertOptions) -> ConverterResult:
-    import gc
-
     from modelport.formats.torch_export import load_program, program_inputs
 
-    program = load_program(src)
-    try:
-        return export_torch(program, program_inputs(program), out, options, src)
-    finally:
-        del program
-        gc.collect()  # the program's graph is a web of cycles: its weights go now, not after the parity check starts
+    program = load_program(src)  # a web of reference cycles: ConvertStep collects it before the parity check
+    return export_torch(program, program_inputs(program), out, options, src)
