@@ -413,15 +413,9 @@ def _split_18_down(node: onnx.NodeProto, model: onnx.ModelProto, consts: dict[st
 
 
 def _inferred_dims(model: onnx.ModelProto, name: str) -> list | None:
-    """The shape dims (TensorShapeProto.Dimension) of value ``name`` after shape inference; None if unknown."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        return None
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            return list(vi.type.tensor_type.shape.dim)
-    return None
+    """The shape dims (TensorShapeProto.Dimension) of value ``name`` after shape inference; None if unknown
+    (one inference per model and conversion, shared with the Reshape adapter: ``_all_dims``)."""
+    return _all_dims(model).get(name)
 
 
 def _static_dim(model: onnx.ModelProto, name: str, axis: int) -> int | None:
